@@ -1,0 +1,118 @@
+"""The ``coldtrace`` command: one entry point, a subcommand group per role.
+
+Each role's package owns its commands; this module mounts them, sets up logging and maps the errors
+every command shares onto the exit codes in :mod:`coldtrace.exitcodes`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from certs.cli import app as certs_app
+
+from coldtrace import __version__
+from coldtrace.contract_cli import app as contract_app
+from coldtrace.exitcodes import ExitCode
+from coldtrace.logs import LogFormat, configure_logging
+
+app = typer.Typer(
+    name="coldtrace",
+    help="Signed, durable edge-to-cloud telemetry for cold-chain logistics.",
+    no_args_is_help=True,
+    # Locals in a traceback could hold key material: never print them.
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"coldtrace {__version__}")
+        raise typer.Exit(ExitCode.OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[  # noqa: ARG001 - handled eagerly by its callback
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option(envvar="COLDTRACE_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+    log_format: Annotated[
+        LogFormat, typer.Option(envvar="COLDTRACE_LOG_FORMAT", help="Structured JSON lines or text.")
+    ] = LogFormat.TEXT,
+) -> None:
+    """Signed, durable edge-to-cloud telemetry for cold-chain logistics."""
+    configure_logging(level=log_level, fmt=log_format)
+
+
+def _planned_group(name: str, summary: str, commands: dict[str, str], issue: int) -> typer.Typer:
+    """A role's command group whose commands are specified but not built yet (they exit 69)."""
+    group = typer.Typer(name=name, help=summary, no_args_is_help=True)
+    for command, text in commands.items():
+
+        def _not_built(command: str = command) -> None:
+            typer.secho(
+                f"`coldtrace {name} {command}` is not built yet (tracked in issue #{issue}).",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+            raise typer.Exit(ExitCode.UNAVAILABLE)
+
+        group.command(command, help=f"{text} [not built yet: issue #{issue}]")(_not_built)
+    return group
+
+
+app.add_typer(certs_app, name="certs", help="PKI: root and issuing CA, certificates, revocation, CRL.")
+app.add_typer(
+    contract_app, name="contract", help="The wire contract: JSON Schema, inspect and verify frames."
+)
+app.add_typer(
+    _planned_group(
+        "gateway",
+        "Gateway host: enrollment, device registry, local broker config, install.",
+        {
+            "enroll": "Create the gateway key and CSR and fetch its certificate.",
+            "install": "Install the agent.",
+        },
+        5,
+    )
+)
+app.add_typer(
+    _planned_group(
+        "agent",
+        "Edge agent: ingest, normalise, bind, score, buffer, sign, forward.",
+        {"run": "Run the edge agent with a config file."},
+        5,
+    )
+)
+app.add_typer(
+    _planned_group(
+        "cloud",
+        "Cloud ingest: verify, dedupe, telemetry, alerts, holds, API.",
+        {"serve": "Serve the HTTPS API.", "worker": "Consume batches from the cloud broker."},
+        6,
+    )
+)
+app.add_typer(
+    _planned_group(
+        "sim",
+        "Fleet simulator: devices with physics, faults and named scenarios.",
+        {"list": "List the named scenarios.", "run": "Run a scenario against a broker."},
+        4,
+    )
+)
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole path on embedded defaults and print a summary [not built yet: issue #7]."""
+    typer.secho("`coldtrace demo` is not built yet (tracked in issue #7).", err=True, fg=typer.colors.YELLOW)
+    raise typer.Exit(ExitCode.UNAVAILABLE)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

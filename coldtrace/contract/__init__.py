@@ -1,0 +1,53 @@
+"""The coldtrace wire contract, version 1: what the edge agent sends and the cloud accepts.
+
+One module tree, imported by both sides: the canonical :class:`Reading`, the signed :class:`Batch`
+frame, topic names and size limits. Decoding is strict: any invalid input raises
+:class:`ContractError` with a reason code and the offending field paths.
+"""
+
+from coldtrace.contract.batch import (
+    GENESIS_HASH,
+    SCHEMA_VERSION,
+    Batch,
+    Frame,
+    Marker,
+    MarkerKind,
+    SignedBatch,
+    decode_body,
+    frame_hash,
+    key_id_of,
+    open_frame,
+    sign_batch,
+    verify_frame,
+)
+from coldtrace.contract.canonical import canonical_bytes, decode_model
+from coldtrace.contract.errors import ContractError, FieldError, RejectCode
+from coldtrace.contract.limits import DEFAULT_LIMITS, Limits
+from coldtrace.contract.reading import ClockQuality, Flag, Reading, SourceFormat
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "GENESIS_HASH",
+    "SCHEMA_VERSION",
+    "Batch",
+    "ClockQuality",
+    "ContractError",
+    "FieldError",
+    "Flag",
+    "Frame",
+    "Limits",
+    "Marker",
+    "MarkerKind",
+    "Reading",
+    "RejectCode",
+    "SignedBatch",
+    "SourceFormat",
+    "canonical_bytes",
+    "decode_body",
+    "decode_model",
+    "frame_hash",
+    "key_id_of",
+    "open_frame",
+    "sign_batch",
+    "verify_frame",
+]

@@ -1,0 +1,230 @@
+"""The signed gateway batch: what an edge agent sends and the cloud verifies.
+
+Frame layout (version 1)::
+
+    b"CT" | 0x01 | key_id (8 bytes) | Ed25519 signature (64 bytes) | body (canonical JSON)
+
+The signature covers ``SIGNING_CONTEXT + magic + version + key_id + body``: every byte received but
+the signature itself, so verification never depends on re-serialising anything. The body must also be
+in canonical form (see :mod:`coldtrace.contract.canonical`): one batch has exactly one valid encoding,
+a resend is byte-identical and its hash - the link of the per-gateway hash chain - is stable.
+``key_id`` selects which of the gateway's registered keys to verify with.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated, Literal, Self
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from coldtrace.contract.canonical import canonical_bytes, decode_model
+from coldtrace.contract.errors import ContractError, FieldError, RejectCode
+from coldtrace.contract.limits import (
+    DEFAULT_LIMITS,
+    GATEWAY_TS_MIN_MS,
+    MAX_MARKERS_PER_BATCH,
+    MAX_READINGS_PER_BATCH,
+    MAX_SAFE_INT,
+    TS_MAX_MS,
+    Limits,
+)
+from coldtrace.contract.reading import (
+    DeviceTimeMs,
+    Identifier,
+    Reading,
+    Sequence64,
+    _field_error,
+)
+
+#: Version of the batch body schema this build writes and reads.
+SCHEMA_VERSION = 1
+FRAME_MAGIC = b"CT"
+FRAME_VERSION = 1
+KEY_ID_BYTES = 8
+SIGNATURE_BYTES = 64
+HEADER_BYTES = len(FRAME_MAGIC) + 1 + KEY_ID_BYTES + SIGNATURE_BYTES
+#: Domain separation: a batch signature can never be replayed as a signature over anything else.
+SIGNING_CONTEXT = b"coldtrace/batch/v1\x00"
+#: ``prev_hash`` of a gateway's first batch.
+GENESIS_HASH = "0" * 64
+
+HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class MarkerKind(enum.StrEnum):
+    """An explicit record of readings that will never arrive, so that no gap is silent."""
+
+    THINNED = "thinned"  #: evicted from the gateway outbox under its disk budget
+    DEVICE_DROPPED = "device_dropped"  #: the device's own buffer overflowed while it was offline
+    MISSING = "missing"  #: the gateway saw a sequence gap it could not fill
+
+
+class Marker(BaseModel):
+    """A run of one device's readings, by sequence and time, that was not forwarded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    count: Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
+    device_id: Identifier
+    kind: MarkerKind
+    seq_from: Sequence64
+    seq_to: Sequence64
+    t_from_ms: DeviceTimeMs
+    t_to_ms: DeviceTimeMs
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Self:
+        if self.seq_to < self.seq_from:
+            raise _field_error("seq_to", "must not be lower than seq_from")
+        if self.count > self.seq_to - self.seq_from + 1:
+            raise _field_error("count", "exceeds the number of sequence numbers in seq_from..seq_to")
+        if self.t_to_ms < self.t_from_ms:
+            raise _field_error("t_to_ms", "must not be earlier than t_from_ms")
+        return self
+
+
+class Batch(BaseModel):
+    """The body of a signed batch. Fields in alphabetical (canonical) order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    batch_seq: Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
+    """Per-gateway batch number, monotonic across restarts, starting at 1."""
+    created_ms: Annotated[int, Field(ge=GATEWAY_TS_MIN_MS, lt=TS_MAX_MS)]
+    gateway_id: Identifier
+    markers: Annotated[tuple[Marker, ...], Field(max_length=MAX_MARKERS_PER_BATCH)] = ()
+    prev_hash: HexDigest
+    """SHA-256 (hex) of the previous batch's whole frame; GENESIS_HASH for batch 1."""
+    readings: Annotated[tuple[Reading, ...], Field(max_length=MAX_READINGS_PER_BATCH)]
+    schema_version: Literal[1]
+
+    @model_validator(mode="after")
+    def _check_content(self) -> Self:
+        if not self.readings and not self.markers:
+            raise _field_error("readings", "a batch must carry at least one reading or marker")
+        if self.batch_seq == 1 and self.prev_hash != GENESIS_HASH:
+            raise _field_error("prev_hash", "batch 1 must chain to the genesis hash (64 zeros)")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBatch:
+    """A decoded, verified frame: the batch plus what identifies it on the wire."""
+
+    batch: Batch
+    key_id: bytes
+    frame_hash: str
+    """SHA-256 hex of the whole frame; the next batch's ``prev_hash``."""
+    frame: bytes
+
+
+def key_id_of(public_key: Ed25519PublicKey) -> bytes:
+    """The 8-byte id of a gateway signing key: the head of SHA-256 over its raw public bytes."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).digest()[:KEY_ID_BYTES]
+
+
+def frame_hash(frame: bytes) -> str:
+    """SHA-256 hex of a whole frame: the link of the per-gateway hash chain."""
+    return hashlib.sha256(frame).hexdigest()
+
+
+def _check_limits(batch: Batch, limits: Limits) -> None:
+    errors = []
+    if len(batch.readings) > limits.max_readings_per_batch:
+        errors.append(
+            FieldError("readings", f"{len(batch.readings)} readings exceed {limits.max_readings_per_batch}")
+        )
+    if len(batch.markers) > limits.max_markers_per_batch:
+        errors.append(
+            FieldError("markers", f"{len(batch.markers)} markers exceed {limits.max_markers_per_batch}")
+        )
+    if errors:
+        raise ContractError(RejectCode.OVERSIZED, errors)
+
+
+def sign_batch(batch: Batch, private_key: Ed25519PrivateKey, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Encode ``batch`` canonically, sign it and return the frame; ContractError if it breaks a limit."""
+    _check_limits(batch, limits)
+    body = canonical_bytes(batch)
+    size = HEADER_BYTES + len(body)
+    if size > limits.max_batch_bytes:
+        raise ContractError(
+            RejectCode.OVERSIZED, FieldError("", f"frame of {size} bytes exceeds {limits.max_batch_bytes}")
+        )
+    head = FRAME_MAGIC + bytes((FRAME_VERSION,)) + key_id_of(private_key.public_key())
+    return head + private_key.sign(SIGNING_CONTEXT + head + body) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A frame split into its parts, before anything in it is trusted."""
+
+    key_id: bytes
+    signature: bytes
+    body: bytes
+
+    @property
+    def signed_message(self) -> bytes:
+        """The bytes the signature covers."""
+        return SIGNING_CONTEXT + FRAME_MAGIC + bytes((FRAME_VERSION,)) + self.key_id + self.body
+
+
+def open_frame(frame: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Check a frame's size and header and split it; nothing is verified or parsed yet."""
+    if len(frame) > limits.max_batch_bytes:
+        raise ContractError(
+            RejectCode.OVERSIZED,
+            FieldError("", f"frame of {len(frame)} bytes exceeds {limits.max_batch_bytes}"),
+        )
+    if len(frame) <= HEADER_BYTES or frame[:2] != FRAME_MAGIC:
+        raise ContractError(RejectCode.BAD_FRAME, FieldError("", "not a coldtrace batch frame"))
+    if frame[2] != FRAME_VERSION:
+        raise ContractError(
+            RejectCode.UNSUPPORTED_SCHEMA,
+            FieldError("", f"frame version {frame[2]} is not supported (this build reads {FRAME_VERSION})"),
+        )
+    key_start = len(FRAME_MAGIC) + 1
+    sig_start = key_start + KEY_ID_BYTES
+    return Frame(
+        key_id=frame[key_start:sig_start],
+        signature=frame[sig_start:HEADER_BYTES],
+        body=frame[HEADER_BYTES:],
+    )
+
+
+def decode_body(body: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Batch:
+    """Strictly decode a batch body; it must be canonical and within ``limits``."""
+    batch = decode_model(Batch, body, schema_field="schema_version", schema_version=SCHEMA_VERSION)
+    _check_limits(batch, limits)
+    return batch
+
+
+def verify_frame(
+    frame: bytes, public_key: Ed25519PublicKey, *, limits: Limits = DEFAULT_LIMITS
+) -> SignedBatch:
+    """Verify a frame's signature with the sender's key, then decode its body strictly.
+
+    The signature is checked before the body is parsed, over the exact bytes received.
+    """
+    parts = open_frame(frame, limits=limits)
+    if parts.key_id != key_id_of(public_key):
+        raise ContractError(
+            RejectCode.BAD_SIGNATURE,
+            FieldError("key_id", f"frame is signed with key {parts.key_id.hex()}, not the one given"),
+        )
+    try:
+        public_key.verify(parts.signature, parts.signed_message)
+    except InvalidSignature as exc:
+        raise ContractError(
+            RejectCode.BAD_SIGNATURE,
+            FieldError("", "Ed25519 signature does not verify with the sender's key"),
+        ) from exc
+    batch = decode_body(parts.body, limits=limits)
+    return SignedBatch(batch=batch, key_id=parts.key_id, frame_hash=frame_hash(frame), frame=frame)
