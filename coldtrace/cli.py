@@ -61,7 +61,7 @@ def _planned_group(name: str, summary: str, commands: dict[str, str], issue: int
             )
             raise typer.Exit(ExitCode.UNAVAILABLE)
 
-        group.command(command, help=f"{text} [not built yet: issue #{issue}]")(_not_built)
+        group.command(command, help=f"{text} (not built yet: issue #{issue})")(_not_built)
     return group
 
 
@@ -108,7 +108,7 @@ app.add_typer(
 
 @app.command()
 def demo() -> None:
-    """Run the whole path on embedded defaults and print a summary [not built yet: issue #7]."""
+    """Run the whole path on embedded defaults and print a summary (not built yet: issue #7)."""
     typer.secho("`coldtrace demo` is not built yet (tracked in issue #7).", err=True, fg=typer.colors.YELLOW)
     raise typer.Exit(ExitCode.UNAVAILABLE)
 
