@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from certs.cli import app as certs_app
 
+from certs.cli import app as certs_app
 from coldtrace import __version__
 from coldtrace.contract_cli import app as contract_app
 from coldtrace.exitcodes import ExitCode

@@ -1,0 +1,112 @@
+"""The ``coldtrace`` command: help everywhere, version, exit codes, contract inspection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typer.testing import CliRunner
+
+from coldtrace import __version__
+from coldtrace.cli import app
+from coldtrace.contract import GENESIS_HASH, Batch, ClockQuality, Reading, SourceFormat, sign_batch
+from coldtrace.exitcodes import ExitCode
+
+runner = CliRunner()
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(32))
+
+
+def _frame() -> bytes:
+    reading = Reading(
+        bound=True, clock=ClockQuality.OK, device_id="reefer-7", lot_ids=("LOT-1",), seq=3, site_id="wh-1",
+        source_format=SourceFormat.VENDOR_A_JSON, t_device_ms=1_795_000_000_000,
+        t_gateway_ms=1_795_000_000_020, temperature_c=5.5,
+    )  # fmt: skip
+    batch = Batch(
+        batch_seq=1, created_ms=1_795_000_000_100, gateway_id="gw-1", prev_hash=GENESIS_HASH,
+        readings=(reading,), schema_version=1,
+    )  # fmt: skip
+    return sign_batch(batch, KEY)
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"coldtrace {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["certs"],
+        ["contract"],
+        ["gateway"],
+        ["agent"],
+        ["cloud"],
+        ["sim"],
+        ["demo"],
+        ["certs", "issue"],
+        ["contract", "inspect"],
+        ["agent", "run"],
+        ["cloud", "worker"],
+    ],
+)
+def test_help_everywhere(argv: list[str]) -> None:
+    result = runner.invoke(app, [*argv, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["agent", "run"], ["sim", "list"], ["cloud", "serve"]])
+def test_commands_not_built_yet_say_so_and_exit_69(argv: list[str]) -> None:
+    result = runner.invoke(app, argv)
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert "not built yet" in result.output
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    assert runner.invoke(app, ["teleport"]).exit_code == ExitCode.USAGE
+
+
+def test_schema_is_json_schema_of_the_batch() -> None:
+    result = runner.invoke(app, ["contract", "schema"])
+    assert result.exit_code == 0
+    document = orjson.loads(result.output)
+    assert document["title"] == "Batch"
+    assert set(document["required"]) >= {"batch_seq", "gateway_id", "prev_hash", "readings", "schema_version"}
+
+
+def test_inspect_verifies_with_the_key(tmp_path: Path) -> None:
+    frame_file = tmp_path / "batch.bin"
+    frame_file.write_bytes(_frame())
+    key_file = tmp_path / "gw.pub.pem"
+    key_file.write_bytes(KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    result = runner.invoke(app, ["contract", "inspect", str(frame_file), "--public-key", str(key_file)])
+    assert result.exit_code == 0, result.output
+    assert "signature verified" in result.output
+    assert "readings 1 from 1 devices" in result.output
+    unverified = runner.invoke(app, ["contract", "inspect", str(frame_file)])
+    assert unverified.exit_code == 0
+    assert "NOT verified" in unverified.output
+
+
+def test_inspect_tampered_frame_exits_4_with_reason(tmp_path: Path) -> None:
+    frame = bytearray(_frame())
+    frame[-5] ^= 0x01
+    frame_file = tmp_path / "batch.bin"
+    frame_file.write_bytes(bytes(frame))
+    key_file = tmp_path / "gw.pub.pem"
+    key_file.write_bytes(KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    result = runner.invoke(app, ["contract", "inspect", str(frame_file), "--public-key", str(key_file)])
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "bad_signature" in result.output
+
+
+def test_inspect_missing_file_exits_3(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["contract", "inspect", str(tmp_path / "nope.bin")])
+    assert result.exit_code == ExitCode.IO
+    assert "cannot read" in result.output
