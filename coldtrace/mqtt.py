@@ -1,0 +1,307 @@
+"""paho-mqtt 2.x driven by the asyncio event loop: one task per client, no network thread.
+
+paho gives what the data path needs and aiomqtt hides: the PUBACK reason code of every QoS 1
+publish (a forbidden publish gets 135, not silence) and manual acknowledgement of received messages
+(acknowledge only after a durable commit). The blocking TCP+TLS connect runs in a worker thread; the
+socket is handed to the event loop only after ``connect()`` returns, so paho's state is never touched
+by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+logger = logging.getLogger(__name__)
+
+
+class MqttError(Exception):
+    """Base of the MQTT link's errors."""
+
+
+class ConnectRefused(MqttError):
+    """The broker refused the connection, or closed it before CONNACK (e.g. a refused certificate)."""
+
+
+class NotConnected(MqttError):
+    """An operation needed a live connection."""
+
+
+class PublishRefused(MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code (e.g. 135 Not authorized)."""
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"publish to {topic} refused: {reason} ({reason.value})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """What a client presents and trusts for mutual TLS."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A client TLS context: verify the broker against ``ca_file``, present our certificate."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerUrl:
+    """``mqtts://host:port`` (mutual TLS) or ``mqtt://host:port`` (plain, development only)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        """Parse a broker URL; ValueError says what a valid one looks like."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError(f"{url!r} is not a broker URL like mqtts://127.0.0.1:8883")
+        tls = parts.scheme == "mqtts"
+        return cls(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message; ``ack()`` acknowledges it to the broker (manual-ack clients only)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    _ack: Callable[[], None]
+
+    def ack(self) -> None:
+        """Acknowledge (PUBACK) this message; call only once it is safely stored."""
+        self._ack()
+
+
+class MqttClient:
+    """One MQTT 5 connection, driven by the running event loop.
+
+    Use ``await connect()``, then ``publish``/``subscribe``; received messages arrive on ``messages``.
+    Reconnection is the caller's policy (see :meth:`connect` and :attr:`disconnected`).
+    """
+
+    def __init__(
+        self, *, client_id: str, broker: BrokerUrl, tls: TlsFiles | None = None,
+        ssl_context: ssl.SSLContext | None = None, clean_start: bool = True, session_expiry_s: int = 0,
+        keepalive_s: int = 30, manual_ack: bool = False, max_inflight: int = 1000,
+    ) -> None:  # fmt: skip
+        self.client_id = client_id
+        self.broker = broker
+        self._keepalive_s = keepalive_s
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._paho = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False, manual_ack=manual_ack,
+        )  # fmt: skip
+        self._paho.max_inflight_messages_set(max_inflight)
+        if broker.tls:
+            context = ssl_context or (tls.context() if tls is not None else None)
+            if context is None:
+                raise ValueError(f"{broker.host}:{broker.port} needs TLS files for mqtts")
+            self._paho.tls_set_context(context)
+        self._paho.on_connect = self._on_connect
+        self._paho.on_disconnect = self._on_disconnect
+        self._paho.on_publish = self._on_publish
+        self._paho.on_subscribe = self._on_subscribe
+        self._paho.on_message = self._on_message
+        self._paho.on_socket_close = self._on_socket_close
+        self._paho.on_socket_register_write = self._on_register_write
+        self._paho.on_socket_unregister_write = self._on_unregister_write
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._connack: asyncio.Future[None] | None = None
+        self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._subscribed: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._misc: asyncio.Task[None] | None = None
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.disconnected.set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def connect(self, *, timeout_s: float = 10.0) -> None:
+        """Connect and wait for CONNACK; ConnectRefused or TimeoutError on failure."""
+        self._loop = asyncio.get_running_loop()
+        self._connack = self._loop.create_future()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._session_expiry_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.to_thread(
+                    self._paho.connect, self.broker.host, self.broker.port, self._keepalive_s,
+                    clean_start=self._clean_start, properties=properties,
+                )  # fmt: skip
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectRefused(
+                f"{self.client_id}: cannot connect to {self.broker.host}:{self.broker.port}: {exc}"
+            ) from exc
+        self._register()
+        async with asyncio.timeout(timeout_s):
+            await self._connack
+
+    def _register(self) -> None:
+        if self._loop is None:
+            raise NotConnected(f"{self.client_id}: register before connect")
+        sock = self._paho.socket()
+        if not isinstance(sock, socket.socket | ssl.SSLSocket):
+            raise ConnectRefused(f"{self.client_id}: connection closed during connect")
+        self._sock = sock
+        self._loop.add_reader(sock, self._readable)
+        if self._paho.want_write():
+            self._loop.add_writer(sock, self._writable)
+        self._misc = self._loop.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")
+
+    async def disconnect(self) -> None:
+        """Send DISCONNECT and release the socket."""
+        if self._sock is not None:
+            self._paho.disconnect()
+            self._readable()  # let paho notice the close and run its callbacks
+        self._teardown()
+
+    def _teardown(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+            self._sock = None
+
+    async def _misc_loop(self) -> None:
+        # paho's keepalive and retry timers; once a second is what paho's own loop does.
+        while True:
+            await asyncio.sleep(1.0)
+            if self._paho.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._teardown()
+                return
+
+    def _readable(self) -> None:
+        self._paho.loop_read()
+
+    def _writable(self) -> None:
+        self._paho.loop_write()
+
+    # -- operations ------------------------------------------------------------------------------
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[ReasonCode]:
+        """Queue a publish; the future resolves with the PUBACK reason (QoS 1) or when written (QoS 0).
+
+        paho keeps QoS 1 messages across a reconnect of a persistent session, so the future may
+        resolve only after the link comes back.
+        """
+        if self._loop is None:
+            raise NotConnected(f"{self.client_id}: publish before connect")
+        future: asyncio.Future[ReasonCode] = self._loop.create_future()
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            future.set_exception(MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}"))
+            return future
+        self._pending[info.mid] = future
+        if self._sock is not None and self._loop is not None and self._paho.want_write():
+            self._writable()  # write now rather than a loop turn later
+        return future
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish and wait for the broker's acknowledgement; PublishRefused on a failure reason code."""
+        reason = await self.publish_nowait(topic, payload, qos=qos, retain=retain)
+        if reason.is_failure:
+            raise PublishRefused(topic, reason)
+
+    async def subscribe(self, topic: str, *, qos: int = 1) -> None:
+        """Subscribe and wait for SUBACK; MqttError if the broker refuses."""
+        if self._loop is None:
+            raise NotConnected(f"{self.client_id}: subscribe before connect")
+        rc, mid = self._paho.subscribe(topic, qos=qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise NotConnected(f"{self.client_id}: subscribe to {topic} failed: {paho.error_string(rc)}")
+        future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        self._subscribed[mid] = future
+        if self._paho.want_write():
+            self._writable()
+        for reason in await future:
+            if reason.is_failure:
+                raise MqttError(f"subscription to {topic} refused: {reason}")
+
+    # -- paho callbacks (all on the event loop thread once registered) -------------------------
+    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        if self._connack is not None and not self._connack.done():
+            if reason.is_failure:
+                self._connack.set_exception(ConnectRefused(f"{self.client_id}: broker refused: {reason}"))
+            else:
+                self._connack.set_result(None)
+        if not reason.is_failure:
+            self.disconnected.clear()
+            self.connected.set()
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        logger.debug("%s disconnected: %s", self.client_id, reason)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(
+                ConnectRefused(
+                    f"{self.client_id}: connection closed before CONNACK ({reason}); certificate refused?"
+                )
+            )
+        self.connected.clear()
+        self.disconnected.set()
+
+    def _on_socket_close(self, _c: paho.Client, _u: Any, _s: Any) -> None:
+        self._teardown()
+
+    def _on_register_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_writer(sock, self._writable)
+
+    def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        future = self._subscribed.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reasons)
+
+    def _ack(self, mid: int, qos: int) -> None:
+        self._paho.ack(mid, qos)
+        if self._sock is not None and self._paho.want_write():
+            self._writable()
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        mid, qos = message.mid, message.qos
+        self.messages.put_nowait(
+            Message(
+                topic=message.topic, payload=bytes(message.payload), qos=qos, mid=mid,
+                _ack=lambda: self._ack(mid, qos),
+            )
+        )  # fmt: skip
