@@ -57,7 +57,7 @@ class SourceFormat(enum.StrEnum):
     """The vendor payload format the reading was decoded from (kept for audit)."""
 
     VENDOR_A_JSON = "vendor-a-json"
-    VENDOR_B_CBOR = "vendor-b-cbor"
+    VENDOR_B_BINARY = "vendor-b-binary"
     VENDOR_C_TEXT = "vendor-c-text"
     NATIVE = "native"
 

@@ -36,7 +36,7 @@ def test_every_named_scenario_ships_and_validates() -> None:
     assert all(s.description for s in scenarios.values())
     assert {f.format.value for f in scenarios["mixed-fleet"].fleet} == {
         "vendor-a-json",
-        "vendor-b-cbor",
+        "vendor-b-binary",
         "vendor-c-text",
     }
     partition = scenarios["network-partition"].events[0]
