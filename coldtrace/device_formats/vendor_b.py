@@ -1,6 +1,5 @@
 """Vendor B: a compact little-endian binary frame with a CRC-32 trailer.
 
-
 Frame, all integers little-endian::
 
     offset   size  field
