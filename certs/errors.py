@@ -5,10 +5,6 @@ operator. ``exit_code`` is the process exit status the CLI uses: 2 for usage/sta
 line or the PKI state must change), 3 for filesystem/permission errors (the environment must change).
 """
 
-# The exception names are a published API (PkiExists, UnknownIdentity, ...) that other packages
-# catch; an "Error" suffix would only add noise, so N818 is waived for this module.
-# ruff: noqa: N818
-
 from __future__ import annotations
 
 from typing import ClassVar
