@@ -15,6 +15,7 @@ from coldtrace import __version__
 from coldtrace.contract_cli import app as contract_app
 from coldtrace.exitcodes import ExitCode
 from coldtrace.logs import LogFormat, configure_logging
+from firmware_sim.cli import app as sim_app
 
 app = typer.Typer(
     name="coldtrace",
@@ -96,14 +97,7 @@ app.add_typer(
         6,
     )
 )
-app.add_typer(
-    _planned_group(
-        "sim",
-        "Fleet simulator: devices with physics, faults and named scenarios.",
-        {"list": "List the named scenarios.", "run": "Run a scenario against a broker."},
-        4,
-    )
-)
+app.add_typer(sim_app, name="sim", help="Fleet simulator: devices with physics, faults and named scenarios.")
 
 
 @app.command()

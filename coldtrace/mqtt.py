@@ -36,6 +36,10 @@ class ConnectRefused(MqttError):
     """The broker refused the connection, or closed it before CONNACK (e.g. a refused certificate)."""
 
 
+class BrokerUnreachable(MqttError):
+    """No broker answered at the address (refused TCP connection, no route, timeout): worth retrying."""
+
+
 class NotConnected(MqttError):
     """An operation needed a live connection."""
 
@@ -146,7 +150,11 @@ class MqttClient:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def connect(self, *, timeout_s: float = 10.0) -> None:
-        """Connect and wait for CONNACK; ConnectRefused or TimeoutError on failure."""
+        """Connect and wait for CONNACK.
+
+        BrokerUnreachable when nothing answers (retry later); ConnectRefused when the broker or its TLS
+        layer refuses us (a refused certificate will not heal by retrying).
+        """
         self._loop = asyncio.get_running_loop()
         self._connack = self._loop.create_future()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

@@ -37,6 +37,8 @@ ServiceAcl = Mapping[str, Sequence[str]]
 DEFAULT_SERVICE_ACL: dict[str, tuple[str, ...]] = {
     "svc-ingest": ("read ct/v1/dev/+/up", "read ct/v1/gw/+/batch", "read ct/v1/gw/+/status"),
     "svc-ops": ("readwrite ct/v1/#",),
+    # The simulator's multiplexed load mode publishes for many devices over a few connections.
+    "sim-loadgen": ("write ct/v1/dev/+/up",),
 }
 
 
