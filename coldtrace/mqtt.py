@@ -159,19 +159,26 @@ class MqttClient:
         self._connack = self._loop.create_future()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._session_expiry_s
+        where = f"{self.broker.host}:{self.broker.port}"
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.to_thread(
                     self._paho.connect, self.broker.host, self.broker.port, self._keepalive_s,
                     clean_start=self._clean_start, properties=properties,
                 )  # fmt: skip
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectRefused(
-                f"{self.client_id}: cannot connect to {self.broker.host}:{self.broker.port}: {exc}"
-            ) from exc
+        except ssl.SSLError as exc:
+            raise ConnectRefused(f"{self.client_id}: TLS handshake with {where} failed: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise BrokerUnreachable(f"{self.client_id}: cannot reach {where}: {exc or 'timeout'}") from exc
         self._register()
-        async with asyncio.timeout(timeout_s):
-            await self._connack
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connack
+        except TimeoutError as exc:
+            self._teardown()
+            raise BrokerUnreachable(
+                f"{self.client_id}: no CONNACK from {where} within {timeout_s:g} s"
+            ) from exc
 
     def _register(self) -> None:
         if self._loop is None:
@@ -181,8 +188,10 @@ class MqttClient:
             raise ConnectRefused(f"{self.client_id}: connection closed during connect")
         self._sock = sock
         self._loop.add_reader(sock, self._readable)
-        if self._paho.want_write():
-            self._loop.add_writer(sock, self._writable)
+        # paho may have asked for write interest while connecting in the worker thread, before the
+        # socket was ours to register; it will not ask again until a write finds nothing queued.
+        # Registering unconditionally lets that first write reset its bookkeeping.
+        self._loop.add_writer(sock, self._writable)
         self._misc = self._loop.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")
 
     async def disconnect(self) -> None:
@@ -210,7 +219,12 @@ class MqttClient:
                 return
 
     def _readable(self) -> None:
-        self._paho.loop_read()
+        # paho reads a bounded number of packets per call. TLS may already hold further decrypted
+        # packets that the socket will never signal again, so drain the TLS buffer too.
+        while self._paho.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            sock = self._sock
+            if not isinstance(sock, ssl.SSLSocket) or sock.pending() == 0:
+                return
 
     def _writable(self) -> None:
         self._paho.loop_write()

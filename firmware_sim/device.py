@@ -260,12 +260,12 @@ class SimDevice:
     def finish(self, t_sim_ms: int) -> list[Emission]:
         """End of the run: send what is held or half-filled; what is still in device memory stays unsent."""
         out: list[Emission] = []
+        if self.held is not None:  # no successor came: it is late, but still in order
+            out.append(self._publish(t_sim_ms, self.held, PublishKind.NORMAL, Fate.SENT))
+            self.held = None
         if self.pending:
             out.extend(self._emit(t_sim_ms, self.pending, PublishKind.NORMAL))
             self.pending = []
-        if self.held is not None:
-            out.append(self._publish(t_sim_ms, self.held, PublishKind.OUT_OF_ORDER, Fate.SENT))
-            self.held = None
         for p in self.buffer:
             self._record(p, Fate.UNSENT, self.gateway_at(t_sim_ms))
         self.buffer.clear()

@@ -222,9 +222,8 @@ async def run_fleet(
         for emission in simulation.emissions():
             sim_elapsed = (emission.t_sim_ms - simulation.start_ms) / 1000.0
             due = t0 + sim_elapsed / config.speed if config.speed > 0 else loop.time()
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Always yield: acknowledgements, reconnects and progress run on this loop too.
+            await asyncio.sleep(max(0.0, due - loop.time()))
             if links.refused(emission):
                 continue
             client = await links.client(emission)

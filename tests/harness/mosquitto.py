@@ -150,6 +150,9 @@ acl_file {self.acl_path}
 log_type all
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 connection_messages true
+# Persistent sessions must hold what arrives while a consumer restarts or falls behind (the default
+# of 1000 silently drops the rest).
+max_queued_messages 1000000
 
 listener {self.port} {self.host}
 cafile {self.cafile}
