@@ -25,7 +25,8 @@ maps the certificate CN to the MQTT username and its ACLs.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -195,63 +196,115 @@ class Pki:
         check_days(days, "days")
         dns = issue_mod.parse_dns_names(dns_names)
         ips = issue_mod.parse_ip_addresses(ip_addresses)
-        layout = self._layout
-        with store.locked(layout):
-            index = load_index(layout)
-            previous = index.claim(role, name, force=force)
-            issuer_cert, issuer_key = self._issuing_ca()
-            now = _now()
-            if now + timedelta(days=days) > issuer_cert.not_valid_after_utc:
-                left = (issuer_cert.not_valid_after_utc - now).days
-                raise InvalidOption(
-                    f"a {days}-day certificate would outlive the issuing CA (expires "
-                    f"{issuer_cert.not_valid_after_utc:%Y-%m-%d}); use --days {left} or less"
-                )
-            key = issue_mod.new_key()
-            cert = issue_mod.build_leaf(
-                key.public_key(),
-                role=role,
-                name=name,
-                org=index.org,
-                issuer_cert=issuer_cert,
-                issuer_key=issuer_key,
-                dns_names=dns,
-                ip_addresses=ips,
-                days=days,
-                now=now,
-            )
-            store.ensure_dir(layout.issued_dir / role.value, store.PUBLIC_DIR_MODE)
-            store.ensure_dir(layout.identity_dir(role.value, name), store.KEY_DIR_MODE)
-            leaf_pem = issue_mod.cert_pem(cert)
-            store.write_files(
-                [
-                    (layout.key(role.value, name), issue_mod.key_pem(key), store.KEY_MODE),
-                    (layout.cert(role.value, name), leaf_pem, store.CERT_MODE),
-                    (
-                        layout.chain(role.value, name),
-                        leaf_pem + issue_mod.cert_pem(issuer_cert),
-                        store.CERT_MODE,
-                    ),
-                ]
-            )
-            superseded = previous is not None and previous.revoked_at is None
-            if previous is not None:
-                previous.current = False
-                if superseded:
-                    previous.revoked_at, previous.reason = now, "superseded"
-            index.certificates.append(
-                IndexEntry(
-                    serial=serial_hex(cert.serial_number),
-                    role=role,
-                    name=name,
-                    not_after=cert.not_valid_after_utc,
-                )
-            )
+        with store.locked(self._layout):
+            index = load_index(self._layout)
+            cert, superseded = self._issue_locked(index, role, name, days=days, dns=dns, ips=ips, force=force)
             if superseded:
                 self._write_crl_locked(index, index.crl_days)
             else:
-                save_index(layout, index)
+                save_index(self._layout, index)
         return self._identity(role, name, cert.serial_number, cert.not_valid_after_utc)
+
+    def ensure_issued(
+        self,
+        role: Role,
+        names: Sequence[str],
+        *,
+        days: int = 397,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Issue certificates for those of ``names`` that have none yet; returns the names issued.
+
+        One lock and one index write for the lot, so a fleet of thousands is enrolled in seconds
+        (issuing one by one rewrites the index each time). ``progress`` is called with the number
+        issued so far.
+        """
+        role = coerce_role(role)
+        for name in names:
+            validate_name(name)
+        check_days(days, "days")
+        issued: list[str] = []
+        with store.locked(self._layout):
+            index = load_index(self._layout)
+            have = {e.name for e in index.certificates if e.role == role and e.current}
+            for name in names:
+                if name in have:
+                    continue
+                self._issue_locked(index, role, name, days=days, dns=(), ips=(), force=False)
+                have.add(name)
+                issued.append(name)
+                if progress is not None:
+                    progress(len(issued))
+            if issued:
+                save_index(self._layout, index)
+        return issued
+
+    def _issue_locked(
+        self,
+        index: Index,
+        role: Role,
+        name: str,
+        *,
+        days: int,
+        dns: Sequence[str],
+        ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
+        force: bool,
+    ) -> tuple[x509.Certificate, bool]:
+        """Issue one certificate into ``index`` (caller holds the lock and saves the index).
+
+        Returns the certificate and whether it superseded a live one (the CRL must be rewritten).
+        """
+        layout = self._layout
+        previous = index.claim(role, name, force=force)
+        issuer_cert, issuer_key = self._issuing_ca()
+        now = _now()
+        if now + timedelta(days=days) > issuer_cert.not_valid_after_utc:
+            left = (issuer_cert.not_valid_after_utc - now).days
+            raise InvalidOption(
+                f"a {days}-day certificate would outlive the issuing CA (expires "
+                f"{issuer_cert.not_valid_after_utc:%Y-%m-%d}); use --days {left} or less"
+            )
+        key = issue_mod.new_key()
+        cert = issue_mod.build_leaf(
+            key.public_key(),
+            role=role,
+            name=name,
+            org=index.org,
+            issuer_cert=issuer_cert,
+            issuer_key=issuer_key,
+            dns_names=dns,
+            ip_addresses=ips,
+            days=days,
+            now=now,
+        )
+        store.ensure_dir(layout.issued_dir / role.value, store.PUBLIC_DIR_MODE)
+        store.ensure_dir(layout.identity_dir(role.value, name), store.KEY_DIR_MODE)
+        leaf_pem = issue_mod.cert_pem(cert)
+        store.write_files(
+            [
+                (layout.key(role.value, name), issue_mod.key_pem(key), store.KEY_MODE),
+                (layout.cert(role.value, name), leaf_pem, store.CERT_MODE),
+                (
+                    layout.chain(role.value, name),
+                    leaf_pem + issue_mod.cert_pem(issuer_cert),
+                    store.CERT_MODE,
+                ),
+            ]
+        )
+        superseded = previous is not None and previous.revoked_at is None
+        if previous is not None:
+            previous.current = False
+            if superseded:
+                previous.revoked_at, previous.reason = now, "superseded"
+        index.certificates.append(
+            IndexEntry(
+                serial=serial_hex(cert.serial_number),
+                role=role,
+                name=name,
+                not_after=cert.not_valid_after_utc,
+            )
+        )
+        return cert, superseded
 
     def identity(self, role: Role, name: str) -> IssuedIdentity:
         """The current certificate of ``role``/``name`` (UnknownIdentity if never issued).

@@ -63,23 +63,10 @@ def _identities(
             identity = pki.issue(Role.SERVICE, LOADGEN_IDENTITY)
         files = TlsFiles(ca_file=pki.ca_bundle_path, cert_file=identity.cert_path, key_file=identity.key_path)
         return pki.ca_bundle_path, files, None
-    missing = []
-    for device_id in device_ids:
-        try:
-            pki.identity(Role.DEVICE, device_id)
-        except PkiError:
-            missing.append(device_id)
-    if missing:
-        columns = (
-            TextColumn("issuing device certificates"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-        )
-        with Progress(*columns, console=_err) as bar:
-            task = bar.add_task("issue", total=len(missing))
-            for device_id in missing:
-                pki.issue(Role.DEVICE, device_id)
-                bar.advance(task)
+    columns = (TextColumn("device certificates"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, console=_err, transient=True) as bar:
+        task = bar.add_task("issue", total=len(device_ids))
+        pki.ensure_issued(Role.DEVICE, device_ids, progress=lambda n: bar.update(task, completed=n))
     return pki.ca_bundle_path, None, pki.directory / "issued" / "device"
 
 

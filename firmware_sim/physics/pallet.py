@@ -117,7 +117,11 @@ def _advance_within_regime(
         offset_j = 0.0 if frozen else latent_j
         eq_j = offset_j + capacity * (ambient_c - params.phase_c)
         boundary_j = 0.0 if frozen else latent_j
-        to_boundary_s = time_to_reach(enthalpy_j, boundary_j, eq_j, params.tau_s)
+        # Only the melting range lies ahead: warming out of frozen, or cooling out of melted.
+        toward_melting = rising if frozen else not rising
+        to_boundary_s = (
+            time_to_reach(enthalpy_j, boundary_j, eq_j, params.tau_s) if toward_melting else math.inf
+        )
         if to_boundary_s <= max_s:
             return to_boundary_s, boundary_j
         return max_s, relax(enthalpy_j, eq_j, max_s, params.tau_s)

@@ -687,3 +687,17 @@ def test_openssl_accepts_chain_and_honours_crl(pki: Pki) -> None:
     result = verify(device.cert_path, "sslclient")
     assert result.returncode != 0
     assert "certificate revoked" in result.stdout + result.stderr
+
+
+def test_ensure_issued_enrols_only_the_missing_in_one_index_write(pki: Pki) -> None:
+    pki.issue(Role.DEVICE, "fleet-0")
+    calls: list[int] = []
+    issued = pki.ensure_issued(Role.DEVICE, [f"fleet-{i}" for i in range(5)], progress=calls.append)
+    assert issued == [f"fleet-{i}" for i in range(1, 5)]
+    assert calls == [1, 2, 3, 4]
+    for i in range(5):
+        identity = pki.identity(Role.DEVICE, f"fleet-{i}")
+        assert stat.S_IMODE(identity.key_path.stat().st_mode) == 0o600
+    assert pki.ensure_issued(Role.DEVICE, ["fleet-1", "fleet-4"]) == []
+    with pytest.raises(IdentityExists):
+        pki.ensure_issued(Role.GATEWAY, ["fleet-2"])  # a name holds one role only
