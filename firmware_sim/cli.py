@@ -47,7 +47,7 @@ def list_scenarios() -> None:
 
 
 def _fail(message: str, code: ExitCode) -> typer.Exit:
-    _err.print(f"[red]error:[/] {message}")
+    _err.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
