@@ -30,6 +30,7 @@ from coldtrace.contract.topics import device_uplink
 from coldtrace.mqtt import BrokerUnreachable, BrokerUrl, ConnectRefused, MqttClient, MqttError, TlsFiles
 from firmware_sim.device import Emission
 from firmware_sim.fleet import Simulation
+from firmware_sim.truth import PublishKind
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class RunSummary:
     lags_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     sim_s: float = 0.0
+    connect_s: float = 0.0
+    """Time to open every connection before the run."""
 
     def lag_percentile(self, q: float) -> float | None:
         """Publish-to-PUBACK lag percentile ``q`` (0..100), seconds."""
@@ -174,6 +177,21 @@ class _Links:
         self._supervisors.add(task)
         return client
 
+    async def preconnect(self, emissions: list[Emission]) -> None:
+        """Open the connections of all these emissions' devices now, a bounded number at a time."""
+        gate = asyncio.Semaphore(self._config.connect_concurrency)
+
+        async def one(emission: Emission) -> None:
+            async with gate:
+                await self.client(emission)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for emission in emissions:
+                    group.create_task(one(emission))
+        except* MqttError as failures:
+            raise failures.exceptions[0] from None  # one clear reason, not a group of the same
+
     async def _supervise(self, client: MqttClient) -> None:
         # Reconnect a dropped link; paho resends unacknowledged QoS 1 messages of the session.
         while True:
@@ -203,6 +221,17 @@ async def run_fleet(
     summary = RunSummary()
     links = _Links(config, summary)
     loop = asyncio.get_running_loop()
+    # Connect every device before the clock starts, so connection set-up is not counted as lag and
+    # refused devices are known (and reported) up front.
+    first = [
+        Emission(
+            simulation.start_ms, d.device_id, d.gateway_at(simulation.start_ms), b"", PublishKind.NORMAL, ()
+        )
+        for d in simulation.devices
+    ]
+    connect_started = loop.time()
+    await links.preconnect(first)
+    summary.connect_s = loop.time() - connect_started
     t0 = loop.time()
     in_flight: deque[asyncio.Future[ReasonCode]] = deque()
 

@@ -81,6 +81,7 @@ class Mosquitto:
         service_acl: ServiceAcl | None = None,
         persistence: bool = False,
         tls_version: str = "tlsv1.2",
+        log_every_message: bool = True,
     ) -> None:
         """Copy the TLS files into a temp dir the broker user can read and write the config and ACL.
 
@@ -89,6 +90,8 @@ class Mosquitto:
         self.host = LOOPBACK
         self.port = port if port is not None else free_port()
         self.persistence = persistence
+        # Tests read the log (refusals, reloads); benchmarks turn per-message logging off.
+        self.log_types = "all" if log_every_message else "error\nlog_type warning\nlog_type notice"
         self.workdir = make_workdir("mosquitto", SERVICE_USER)
         self.tls_dir = self.workdir / "tls"
         self.tls_dir.mkdir(mode=0o700)
@@ -147,7 +150,7 @@ per_listener_settings false
 allow_anonymous false
 acl_file {self.acl_path}
 {persistence}log_dest file {self.log_path}
-log_type all
+log_type {self.log_types}
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 connection_messages true
 # Persistent sessions must hold what arrives while a consumer restarts or falls behind (the default
