@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from coldtrace.contract import ContractError
 from coldtrace.device_formats import DeviceMessage, DeviceSample, decode, encode
@@ -19,8 +20,9 @@ from coldtrace.device_formats.model import MAX_SAMPLES_PER_MESSAGE
 from coldtrace.profiles import PROFILES
 from firmware_sim.environment import Environment
 from firmware_sim.faults import REPLAY_HISTORY, SensorFaults, TransportFault, corrupt, draw_transport_fault
+from firmware_sim.firmware import UpdateResult, accept_update
 from firmware_sim.scenario import FleetGroup, Scenario
-from firmware_sim.truth import Fate, Label, PublishKind, PublishTruth, SampleTruth, TruthWriter
+from firmware_sim.truth import EventTruth, Fate, Label, PublishKind, PublishTruth, SampleTruth, TruthWriter
 
 FIRMWARE_VERSION = "2.4.1"
 
@@ -256,6 +258,27 @@ class SimDevice:
                 fate=fate,
             )
         )  # fmt: skip
+
+    @property
+    def model(self) -> str:
+        """The device model a firmware image must be built for (one per vendor format)."""
+        return f"{self.group.format.value}-logger"
+
+    def offer_firmware(self, image: bytes, vendor_key: Ed25519PublicKey, t_sim_ms: int) -> UpdateResult:
+        """Install a firmware image if its vendor signature, hash, model and version check out.
+
+        The outcome is reported in the ground truth; an accepted version shows in every later message.
+        """
+        result = accept_update(self.firmware, self.model, image, vendor_key)
+        if result.accepted:
+            self.firmware = result.version
+        outcome = (
+            f"installed {result.version}" if result.accepted else f"refused {result.offered}: {result.reason}"
+        )
+        self.truth.write(
+            EventTruth(t_sim_ms=t_sim_ms, kind="firmware_update", devices=(self.device_id,), detail=outcome)
+        )
+        return result
 
     def finish(self, t_sim_ms: int) -> list[Emission]:
         """End of the run: send what is held or half-filled; what is still in device memory stays unsent."""

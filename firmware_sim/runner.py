@@ -19,6 +19,7 @@ import functools
 import logging
 import random
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class RunSummary:
     sim_s: float = 0.0
     connect_s: float = 0.0
     """Time to open every connection before the run."""
+    cpu_s: float = 0.0
+    """Process CPU time (all threads) from the start of the clock to the last acknowledgement."""
 
     def lag_percentile(self, q: float) -> float | None:
         """Publish-to-PUBACK lag percentile ``q`` (0..100), seconds."""
@@ -233,6 +236,7 @@ async def run_fleet(
     await links.preconnect(first)
     summary.connect_s = loop.time() - connect_started
     t0 = loop.time()
+    cpu0 = time.process_time()
     in_flight: deque[asyncio.Future[ReasonCode]] = deque()
 
     def acknowledged(future: asyncio.Future[ReasonCode], due: float) -> None:
@@ -273,6 +277,7 @@ async def run_fleet(
     finally:
         await links.close()
     summary.wall_s = loop.time() - t0
+    summary.cpu_s = time.process_time() - cpu0
     summary.sim_s = (simulation.end_ms - simulation.start_ms) / 1000.0
     if on_progress is not None:
         on_progress(summary.sim_s, summary)

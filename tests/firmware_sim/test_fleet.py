@@ -9,14 +9,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coldtrace.contract import ContractError
 from coldtrace.device_formats import decode
 from firmware_sim.device import Emission
 from firmware_sim.faults import SPIKE_MAX_K, SPIKE_MIN_K, fahrenheit_to_celsius
+from firmware_sim.firmware import RejectReason, build_image
 from firmware_sim.fleet import Simulation
 from firmware_sim.scenario import FaultRates, Scenario, builtin_scenarios, parse_scenario
-from firmware_sim.truth import Fate, Label, PublishKind, PublishTruth, SampleTruth, TruthWriter
+from firmware_sim.truth import EventTruth, Fate, Label, PublishKind, PublishTruth, SampleTruth, TruthWriter
 
 START_MS = 1_795_000_000_000
 
@@ -230,3 +232,21 @@ def test_unset_clocks_and_clock_jumps_are_device_time_only() -> None:
     assert 0 < len(unset) < 10
     assert all(abs(s.t_device_ms - s.t_sim_ms) < 5_000 for s in samples if s.device_id not in unset)
     assert emissions
+
+
+def test_device_installs_only_a_valid_newer_signed_firmware() -> None:
+    vendor = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    writer = TruthWriter(keep=True)
+    simulation = Simulation(_scenario({}), devices=1, seed=1, start_ms=START_MS, truth=writer)
+    device = simulation.devices[0]
+    newer = build_image(b"firmware 2.5.0", device.model, "2.5.0", vendor)
+    tampered = newer[:-1] + bytes([newer[-1] ^ 0x01])
+    older = build_image(b"firmware 2.3.9", device.model, "2.3.9", vendor)
+    assert device.offer_firmware(tampered, vendor.public_key(), START_MS).reason is RejectReason.HASH_MISMATCH
+    assert device.offer_firmware(older, vendor.public_key(), START_MS).reason is RejectReason.DOWNGRADE
+    assert device.firmware == "2.4.1"
+    assert device.offer_firmware(newer, vendor.public_key(), START_MS).accepted
+    emissions = device.tick(START_MS + 10_000)
+    assert decode(emissions[0].payload).firmware == "2.5.0"  # the gateway sees the new version
+    reports = [r.detail for r in writer.records if isinstance(r, EventTruth)]
+    assert reports == ["refused 2.5.0: hash_mismatch", "refused 2.3.9: downgrade", "installed 2.5.0"]

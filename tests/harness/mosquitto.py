@@ -91,7 +91,9 @@ class Mosquitto:
         self.port = port if port is not None else free_port()
         self.persistence = persistence
         # Tests read the log (refusals, reloads); benchmarks turn per-message logging off.
-        self.log_types = "all" if log_every_message else "error\nlog_type warning\nlog_type notice"
+        self.log_types = (
+            "all" if log_every_message else "error\nlog_type warning\nlog_type notice\nlog_type information"
+        )
         self.workdir = make_workdir("mosquitto", SERVICE_USER)
         self.tls_dir = self.workdir / "tls"
         self.tls_dir.mkdir(mode=0o700)

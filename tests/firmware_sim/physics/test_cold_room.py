@@ -18,6 +18,7 @@ from firmware_sim.physics.cold_room import (
     door_rate_per_h,
     draw_door_events,
 )
+from firmware_sim.physics.thermal import Coupling, equilibrium, relax
 
 TRAFFIC = ShiftTraffic()
 DAY_S = 86_400.0
@@ -101,7 +102,19 @@ def test_room_holds_its_band_through_shifts_and_works_harder_by_day() -> None:
         hour = (t_s / 3600.0) % 24
         on_s["busy" if 6 <= hour < 22 else "night"] += DT_S if state.compressor_on else 0.0
     assert thermal.low_c - 1e-9 <= min(temps)
-    assert max(temps) < thermal.high_c + 1.0  # door gusts and defrosts barely move the mass
+    # Hard bound: a defrost starting at the upper switch point with the door open throughout.
+    worst_eq_c, worst_tau_s = equilibrium(
+        [
+            Coupling(20.0, thermal.tau_ambient_s),
+            Coupling(20.0, thermal.tau_door_s),
+            Coupling(thermal.defrost_heater_c, thermal.tau_defrost_s),
+        ]
+    )
+    assert max(temps) <= relax(thermal.high_c, worst_eq_c, thermal.defrost_duration_s, worst_tau_s)
+    # Typically the mass shrugs off door gusts: a defrost in a busy shift is what pushes it out of band.
+    temps.sort()
+    assert temps[len(temps) // 2] == pytest.approx(thermal.setpoint_c, abs=0.3)
+    assert temps[int(0.99 * len(temps))] < thermal.high_c + 1.0
     # Busy shifts are 16 h of the day, night 8 h: compare duty cycles, not totals.
     assert on_s["busy"] / 16 > 1.5 * on_s["night"] / 8
 
