@@ -23,6 +23,7 @@ from coldtrace.contract.batch import (
 from coldtrace.contract.canonical import canonical_bytes, decode_model
 from coldtrace.contract.errors import ContractError, FieldError, RejectCode
 from coldtrace.contract.limits import DEFAULT_LIMITS, Limits
+from coldtrace.contract.manifest import Binding, DeviceEntry, Manifest
 from coldtrace.contract.reading import ClockQuality, Flag, Reading, SourceFormat
 
 __all__ = [
@@ -30,12 +31,15 @@ __all__ = [
     "GENESIS_HASH",
     "SCHEMA_VERSION",
     "Batch",
+    "Binding",
     "ClockQuality",
     "ContractError",
+    "DeviceEntry",
     "FieldError",
     "Flag",
     "Frame",
     "Limits",
+    "Manifest",
     "Marker",
     "MarkerKind",
     "Reading",
