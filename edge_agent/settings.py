@@ -1,0 +1,134 @@
+"""The edge agent's configuration: one TOML file, every key overridable from the environment.
+
+Environment variables use the prefix ``COLDTRACE_AGENT_`` and ``__`` between nesting levels, e.g.
+``COLDTRACE_AGENT_CLOUD__URL=mqtts://cloud.example:8883``. Values are validated once at start-up; an
+invalid file names the key and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from coldtrace.contract.limits import MAX_READINGS_PER_BATCH
+from coldtrace.contract.reading import ID_PATTERN
+from coldtrace.mqtt import BrokerUrl, TlsFiles
+
+
+class BrokerSettings(BaseModel):
+    """One MQTT broker and the identity the agent presents to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    """``mqtts://host:port`` (``mqtt://`` only for development)."""
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        BrokerUrl.parse(value)
+        return value
+
+    @property
+    def broker(self) -> BrokerUrl:
+        """The parsed URL."""
+        return BrokerUrl.parse(self.url)
+
+    @property
+    def tls(self) -> TlsFiles:
+        """The TLS files."""
+        return TlsFiles(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
+
+
+class AgentSettings(BaseSettings):
+    """Everything an operator may tune on a gateway."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COLDTRACE_AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+    _toml_file: ClassVar[Path | None] = None
+
+    gateway_id: Annotated[str, Field(pattern=ID_PATTERN)]
+    site_id: Annotated[str, Field(pattern=ID_PATTERN)]
+    state_dir: Path
+    """Outbox, registry and dead letters live here (owned by the agent's user, mode 0700)."""
+    signing_key: Path
+    """The gateway's Ed25519 batch-signing key (PEM, PKCS8, mode 0600)."""
+    local: BrokerSettings
+    """The gateway's own broker, where devices publish."""
+    cloud: BrokerSettings
+    """The cloud broker batches go to."""
+    outbox_budget_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
+    outbox_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """FULL survives power loss; NORMAL survives a process crash only (see BENCHMARKS.md)."""
+    batch_max_readings: Annotated[int, Field(ge=1, le=MAX_READINGS_PER_BATCH)] = 500
+    batch_max_age_ms: Annotated[int, Field(ge=1)] = 250
+    uplink_window: Annotated[int, Field(ge=1, le=256)] = 16
+    """Signed batches in flight to the cloud broker at once."""
+    backfill_rate_per_s: Annotated[int, Field(ge=1)] = 20_000
+    """Readings per second while draining a backlog, so a reconnecting fleet does not stampede."""
+    live_window_ms: Annotated[int, Field(ge=0)] = 60_000
+    """Readings received this recently count as live: after an outage they go before the backlog."""
+    reconnect_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 15.0
+    skew_tolerance_ms: Annotated[int, Field(ge=0)] = 120_000
+    jump_threshold_ms: Annotated[int, Field(ge=0)] = 300_000
+    accept_unregistered: bool = True
+    """Keep readings of devices missing from the manifest (flagged unbound) instead of dead-lettering them."""
+    glitch_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    model_dir: Path | None = None
+    """A signed anomaly model package; None uses the one shipped with coldtrace."""
+    model_trusted_keys: tuple[Path, ...] = ()
+    fallback_after_s: Annotated[float, Field(ge=0)] = 300.0
+    """Raise local alerts for profile breaches once the cloud has been unreachable this long."""
+    deadletter_max_rows: Annotated[int, Field(ge=100)] = 100_000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files on a gateway
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - keys are files we name
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: explicit arguments, then the environment, then the TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, path: Path | None) -> AgentSettings:
+        """Settings from ``path`` (TOML) with environment overrides."""
+        bound = type("AgentSettingsFromFile", (cls,), {"_toml_file": path})
+        settings = bound()
+        return cls.model_validate(settings.model_dump())
+
+    @property
+    def outbox_path(self) -> Path:
+        """The SQLite outbox."""
+        return self.state_dir / "outbox.db"
+
+    @property
+    def manifest_path(self) -> Path:
+        """The persisted manifest."""
+        return self.state_dir / "manifest.json"
+
+    @property
+    def deadletter_path(self) -> Path:
+        """The dead-letter database."""
+        return self.state_dir / "deadletter.db"
