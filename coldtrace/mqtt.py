@@ -332,3 +332,35 @@ class MqttClient:
                 _ack=lambda: self._ack(mid, qos),
             )
         )  # fmt: skip
+
+
+async def connect_with_backoff(
+    client: MqttClient,
+    *,
+    initial_s: float,
+    max_s: float,
+    deadline_s: float | None = None,
+    connect_timeout_s: float = 10.0,
+) -> None:
+    """Connect, retrying an unreachable broker with capped, jittered exponential backoff.
+
+    A refusal (ConnectRefused: the broker or its TLS layer said no) is raised at once: retrying a
+    refused certificate does not heal it. With ``deadline_s`` set, gives up after that long with a
+    BrokerUnreachable that says what to check.
+    """
+    loop = asyncio.get_running_loop()
+    delay = initial_s
+    deadline = None if deadline_s is None else loop.time() + deadline_s
+    while True:
+        try:
+            await client.connect(timeout_s=connect_timeout_s)
+        except BrokerUnreachable as exc:
+            if deadline is not None and loop.time() + delay > deadline:
+                raise BrokerUnreachable(
+                    f"{exc}; gave up after {deadline_s:g} s. Is the broker running, and is the address right?"
+                ) from exc
+            logger.warning("%s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not security
+            delay = min(max_s, delay * 2)
+        else:
+            return

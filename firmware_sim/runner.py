@@ -17,7 +17,6 @@ import contextlib
 import enum
 import functools
 import logging
-import random
 import ssl
 import time
 from collections import Counter, deque
@@ -28,7 +27,7 @@ from pathlib import Path
 from paho.mqtt.reasoncodes import ReasonCode
 
 from coldtrace.contract.topics import device_uplink
-from coldtrace.mqtt import BrokerUnreachable, BrokerUrl, ConnectRefused, MqttClient, MqttError, TlsFiles
+from coldtrace.mqtt import BrokerUrl, ConnectRefused, MqttClient, MqttError, TlsFiles, connect_with_backoff
 from firmware_sim.device import Emission
 from firmware_sim.fleet import Simulation
 from firmware_sim.truth import PublishKind
@@ -96,26 +95,11 @@ ProgressCallback = Callable[[float, RunSummary], None]
 
 
 async def connect_with_retry(client: MqttClient, config: RunConfig) -> None:
-    """Connect, retrying an unreachable broker with capped, jittered exponential backoff.
-
-    A refusal after the TLS handshake (certificate refused) is not retried: it will not heal.
-    """
-    delay = config.backoff_initial_s
-    deadline = asyncio.get_running_loop().time() + config.connect_deadline_s
-    while True:
-        try:
-            await client.connect(timeout_s=config.connect_timeout_s)
-        except BrokerUnreachable as exc:
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise BrokerUnreachable(
-                    f"{exc}; gave up after {config.connect_deadline_s:g} s. Is the broker running, and is "
-                    "the address right?"
-                ) from exc
-            logger.warning("%s; retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not security
-            delay = min(config.backoff_max_s, delay * 2)
-        else:
-            return
+    """Connect with the run's backoff settings (see :func:`coldtrace.mqtt.connect_with_backoff`)."""
+    await connect_with_backoff(
+        client, initial_s=config.backoff_initial_s, max_s=config.backoff_max_s,
+        deadline_s=config.connect_deadline_s, connect_timeout_s=config.connect_timeout_s,
+    )  # fmt: skip
 
 
 class _Links:
