@@ -1,0 +1,64 @@
+"""``coldtrace agent run``: the edge agent as a foreground service (systemd runs it like this)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from coldtrace.exitcodes import ExitCode
+from edge_agent.agent import AgentError, EdgeAgent
+from edge_agent.outbox import OutboxCorrupt
+from edge_agent.settings import AgentSettings
+
+app = typer.Typer(
+    no_args_is_help=True, help="Edge agent: ingest, normalise, bind, score, buffer, sign, forward."
+)
+_err = Console(stderr=True)
+
+
+def load_settings(config: Path | None) -> AgentSettings:
+    """Settings from ``config`` and the environment, or a clear error and exit 4."""
+    if config is not None and not config.is_file():
+        _err.print(f"[red]error:[/] config file {config} not found", soft_wrap=True)
+        raise typer.Exit(ExitCode.IO)
+    try:
+        return AgentSettings.load(config)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            key = ".".join(str(p) for p in error["loc"])
+            _err.print(f"[red]error:[/] {config}: {key}: {error['msg']}", soft_wrap=True, highlight=False)
+        raise typer.Exit(ExitCode.INVALID_INPUT) from exc
+
+
+async def _run(agent: EdgeAgent) -> None:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+    # SIGTERM cancels us; the agent closes its stores on the way out.
+    with contextlib.suppress(asyncio.CancelledError):
+        await agent.run()
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option(help="The agent's TOML file (COLDTRACE_AGENT_* overrides it).")
+    ] = None,
+) -> None:
+    """Run the edge agent until SIGTERM."""
+    settings = load_settings(config)
+    try:
+        agent = EdgeAgent(settings)
+    except (AgentError, OutboxCorrupt) as exc:
+        _err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(ExitCode.USAGE) from exc
+    asyncio.run(_run(agent))
