@@ -115,14 +115,21 @@ def identity(pki: Pki) -> Callable[[Role, str], IssuedIdentity]:
 
 
 @pytest.fixture(scope="session")
-def mosquitto_tls(pki: Pki) -> Iterator[Mosquitto]:
+def server_identity(pki: Pki) -> IssuedIdentity:
+    """The brokers' server certificate: CN localhost, SANs localhost and 127.0.0.1."""
+    from certs.pki import Role  # noqa: PLC0415 - lazy like the pki fixture
+
+    return pki.issue(Role.SERVER, "localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+
+
+@pytest.fixture(scope="session")
+def mosquitto_tls(pki: Pki, server_identity: IssuedIdentity) -> Iterator[Mosquitto]:
     """A running Mosquitto with a mutual-TLS listener trusting ``pki``.
 
     Yields the ``Mosquitto`` harness object: ``.host``, ``.port``, ``.cafile``, ``.update_crl(path)``,
     ``.reload()``, ``.restart()``, ``.kill()``, ``.log_text()``. Service identities and their ACL grants
     are ``DEFAULT_SERVICE_ACL``; every other identity is confined to its own topics.
     """
-    from certs.pki import Role  # noqa: PLC0415 - lazy like the pki fixture
 
     binary = require_binary(
         "Mosquitto",
@@ -131,7 +138,7 @@ def mosquitto_tls(pki: Pki) -> Iterator[Mosquitto]:
         extra_dirs=[Path("/usr/sbin")],
         env_override="COLDTRACE_MOSQUITTO",
     )
-    server_id = pki.issue(Role.SERVER, "localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    server_id = server_identity
     tls = MosquittoTlsFiles(
         cafile=pki.ca_bundle_path,
         certfile=server_id.chain_path,
