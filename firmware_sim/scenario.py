@@ -15,6 +15,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coldtrace.contract import SourceFormat
+from coldtrace.contract.errors import field_path
 from coldtrace.profiles import ProfileName
 from firmware_sim.errors import ScenarioError, UnknownScenario
 
@@ -147,13 +148,6 @@ class Scenario(_Strict):
         return self
 
 
-def _key(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_scenario(text: str, *, source: Path | str) -> Scenario:
     """Parse and validate scenario TOML; ScenarioError names ``source``, the key and the reason."""
     try:
@@ -167,7 +161,9 @@ def parse_scenario(text: str, *, source: Path | str) -> Scenario:
         reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         if first["type"] == "missing":
             reason = "required key is missing"
-        raise ScenarioError(source, _key(tuple(first["loc"])), reason.removeprefix("Value error, ")) from exc
+        raise ScenarioError(
+            source, field_path(tuple(first["loc"])), reason.removeprefix("Value error, ")
+        ) from exc
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from coldtrace.contract.errors import ContractError, FieldError, RejectCode
+from coldtrace.contract.errors import ContractError, FieldError, RejectCode, field_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,24 +24,17 @@ def canonical_bytes(model: BaseModel) -> bytes:
     return orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
 def _field_error(detail: ErrorDetails) -> FieldError:
     loc = tuple(detail["loc"])
     ctx: dict[str, Any] = dict(detail.get("ctx") or {})
     if detail["type"] == "cross_field":
-        return FieldError(_path((*loc, str(ctx["field"]))), str(ctx["reason"]))
+        return FieldError(field_path((*loc, str(ctx["field"]))), str(ctx["reason"]))
     reason = detail["msg"]
     if detail["type"] == "missing":
         reason = "required field is missing"
     elif detail["type"] == "extra_forbidden":
         reason = "unknown field"
-    return FieldError(_path(loc), reason)
+    return FieldError(field_path(loc), reason)
 
 
 def _classify(exc: ValidationError, schema_field: str, schema_version: int) -> ContractError:
@@ -85,13 +78,13 @@ def _first_difference(expected: Any, actual: Any, loc: tuple[int | str, ...]) ->
         missing = sorted(set(expected) - set(actual))
         if missing:
             return FieldError(
-                _path((*loc, missing[0])), "field is missing (canonical form writes every field)"
+                field_path((*loc, missing[0])), "field is missing (canonical form writes every field)"
             )
         pairs: list[tuple[int | str, Any, Any]] = [(k, expected[k], actual[k]) for k in sorted(expected)]
     elif isinstance(expected, list) and isinstance(actual, list):
         pairs = [(i, e, a) for i, (e, a) in enumerate(zip(expected, actual, strict=False))]
     elif type(expected) is not type(actual) or expected != actual:
-        return FieldError(_path(loc), f"must be written as {orjson.dumps(expected).decode()}")
+        return FieldError(field_path(loc), f"must be written as {orjson.dumps(expected).decode()}")
     else:
         pairs = []
     for key, e, a in pairs:

@@ -24,6 +24,14 @@ class RejectCode(enum.StrEnum):
     IDENTITY_MISMATCH = "identity_mismatch"
 
 
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A validation location as a path: ``("readings", 3, "t")`` becomes ``readings[3].t``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class FieldError:
     """One invalid field: its path in the document and a human-readable reason."""
