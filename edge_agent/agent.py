@@ -49,8 +49,7 @@ from coldtrace.profiles import PROFILES
 from edge_agent.deadletter import DeadLetter, DeadLetters
 from edge_agent.metrics import AgentMetrics, serve
 from edge_agent.normalize import ClockPolicy, Normalized, Normalizer
-from edge_agent.outbox import Outbox, Priority
-from edge_agent.scoring.features import DeviceSlots
+from edge_agent.outbox import Outbox, PendingFrame, Priority
 from edge_agent.scoring.model import LoadedModel, ModelRejected, load_model
 from edge_agent.scoring.scorer import Scorer
 from edge_agent.settings import AgentSettings
@@ -116,7 +115,6 @@ class EdgeAgent:
         )
         self.normalizer = Normalizer(registry=self.registry, site_id=settings.site_id, policy=policy)
         self.scorer = Scorer(self._model())
-        self.slots = DeviceSlots()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-db")
         self._outbox: Outbox | None = None
         self._deadletters: DeadLetters | None = None
@@ -124,6 +122,8 @@ class EdgeAgent:
         self.cloud: MqttClient | None = None
         self.metrics_port: asyncio.Future[int] | None = None
         self._new_data = asyncio.Event()
+        self._ingest_ready = asyncio.Event()
+        self._uplink_ready = asyncio.Event()
         self._unbatched = 0
         self._cloud_down_since: float | None = time.monotonic()
         self._alerted: set[str] = set()
@@ -187,6 +187,15 @@ class EdgeAgent:
             await self._call(self._close_stores)
             self._db.shutdown(wait=True)
 
+    async def ready(self) -> None:
+        """Wait until the agent is subscribed on its broker and connected to the cloud.
+
+        From then on the gateway broker keeps the agent's persistent session: device messages
+        published while the agent is down are queued for it, not lost.
+        """
+        await self._ingest_ready.wait()
+        await self._uplink_ready.wait()
+
     def _close_stores(self) -> None:
         if self._outbox is not None:
             self._outbox.close()
@@ -203,6 +212,7 @@ class EdgeAgent:
     async def _ingest(self, client: MqttClient) -> None:
         async def subscribe() -> None:
             await client.subscribe(ALL_DEVICE_UPLINKS, qos=1)
+            self._ingest_ready.set()
 
         await self._keep_connected(client, "local", subscribe)
         supervisor = asyncio.create_task(self._reconnect_forever(client, "local", subscribe))
@@ -266,18 +276,19 @@ class EdgeAgent:
         if not normalized:
             return []
         readings = [n.reading for n in normalized]
-        slots = self.slots.slots_for([r.device_id for r in readings])
         t_ms = np.array([r.t_device_ms for r in readings], dtype=np.int64)
         temps = np.array([math.nan if r.temperature_c is None else r.temperature_c for r in readings])
-        result = self.scorer.score(slots, t_ms, temps)
+        result = self.scorer.score_devices([r.device_id for r in readings], t_ms, temps)
         fallback = self._fallback_active()
         rows: list[tuple[Reading, Priority]] = []
-        for n, score in zip(normalized, result.scores.tolist(), strict=True):
+        for n, score, by_rules in zip(
+            normalized, result.scores.tolist(), result.by_rules.tolist(), strict=True
+        ):
             flags = set(n.reading.flags)
             glitch = score >= self.settings.glitch_threshold
             if glitch:
                 flags.add(Flag.GLITCH)
-            if result.rules_only:
+            if by_rules:
                 flags.add(Flag.RULES_ONLY)
             breach = (
                 n.profile is not None
@@ -324,27 +335,30 @@ class EdgeAgent:
 
         async def subscribe() -> None:
             await client.subscribe(f"ct/v1/gw/{s.gateway_id}/cmd/#", qos=1)
+            self._uplink_ready.set()
+
+        def send(frame: PendingFrame) -> None:
+            in_flight[frame.batch_seq] = client.publish_nowait(topic, frame.frame, qos=1)
+            counts[frame.batch_seq] = frame.reading_count
 
         await self._keep_connected(client, "cloud", subscribe)
         supervisor = asyncio.create_task(self._reconnect_forever(client, "cloud", subscribe))
         try:
             while True:
                 self._track_cloud(client)
-                for frame in await self._call(self.outbox.pending_frames):
-                    if frame.batch_seq not in in_flight and len(in_flight) < s.uplink_window:
-                        in_flight[frame.batch_seq] = client.publish_nowait(topic, frame.frame, qos=1)
-                        counts[frame.batch_seq] = frame.reading_count
+                # Formed but unacknowledged frames first (after a restart: byte-identical resends).
+                for pending in await self._call(self.outbox.pending_frames):
+                    if pending.batch_seq not in in_flight and len(in_flight) < s.uplink_window:
+                        send(pending)
                 if len(in_flight) < s.uplink_window and await self._batch_due():
-                    live_after = self.now_ms() - s.live_window_ms
-                    frame = await self._call(
+                    formed: PendingFrame | None = await self._call(
                         self.outbox.form_batch, signer=self.signer, max_readings=s.batch_max_readings,
-                        now_ms=self.now_ms(), live_after_ms=live_after,
+                        now_ms=self.now_ms(), live_after_ms=self.now_ms() - s.live_window_ms,
                     )  # fmt: skip
                     self._unbatched = 0
-                    if frame is not None:
-                        in_flight[frame.batch_seq] = client.publish_nowait(topic, frame.frame, qos=1)
-                        counts[frame.batch_seq] = frame.reading_count
-                        await self._pace(frame.reading_count)
+                    if formed is not None:
+                        send(formed)
+                        await self._pace(formed.reading_count)
                         continue
                 if not in_flight:
                     await self._wait_for_data()

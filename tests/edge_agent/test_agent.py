@@ -48,7 +48,21 @@ class CloudCollector:
         await self.client.connect()
         await self.client.subscribe(f"ct/v1/gw/{GATEWAY}/batch", qos=1)
 
-    async def until(self, expected: set[tuple[str, int]], timeout_s: float) -> None:
+    async def until(self, expected: set[tuple[str, int]], timeout_s: float, agent: EdgeAgent) -> None:
+        try:
+            await self._collect(expected, timeout_s)
+        except TimeoutError:
+            missing = sorted(expected - set(self.readings))
+            counters = [
+                line for line in agent.metrics.render().decode().splitlines()
+                if line.startswith(("coldtrace_agent_messages", "coldtrace_agent_readings"))
+            ]  # fmt: skip
+            pytest.fail(
+                f"{len(missing)} of {len(expected)} readings missing, e.g. {missing[:5]}; "
+                f"{agent.health()}; {counters}"
+            )
+
+    async def _collect(self, expected: set[tuple[str, int]], timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             while not expected <= set(self.readings):
                 message = await self.client.messages.get()
@@ -103,8 +117,10 @@ def test_every_reading_arrives_once_signed_and_chained(
         await collector.start()
         runner = asyncio.create_task(agent.run())
         try:
+            async with asyncio.timeout(30):
+                await agent.ready()
             writer = await _simulate(gateway_broker, pki, identity, devices=30, seconds=1200, seed=21)
-            await collector.until(_sent(writer), timeout_s=60)
+            await collector.until(_sent(writer), timeout_s=60, agent=agent)
             return collector
         finally:
             runner.cancel()
