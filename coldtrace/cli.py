@@ -15,7 +15,10 @@ from coldtrace import __version__
 from coldtrace.contract_cli import app as contract_app
 from coldtrace.exitcodes import ExitCode
 from coldtrace.logs import LogFormat, configure_logging
+from edge_agent.cli import app as agent_app
+from edge_agent.scoring.cli import app as model_app
 from firmware_sim.cli import app as sim_app
+from gateway.cli import app as gateway_app
 
 app = typer.Typer(
     name="coldtrace",
@@ -70,25 +73,11 @@ app.add_typer(certs_app, name="certs", help="PKI: root and issuing CA, certifica
 app.add_typer(
     contract_app, name="contract", help="The wire contract: JSON Schema, inspect and verify frames."
 )
+app.add_typer(gateway_app, name="gateway", help="Gateway host: status now; enrollment and install next.")
 app.add_typer(
-    _planned_group(
-        "gateway",
-        "Gateway host: enrollment, device registry, local broker config, install.",
-        {
-            "enroll": "Create the gateway key and CSR and fetch its certificate.",
-            "install": "Install the agent.",
-        },
-        5,
-    )
+    agent_app, name="agent", help="Edge agent: ingest, normalise, bind, score, buffer, sign, forward."
 )
-app.add_typer(
-    _planned_group(
-        "agent",
-        "Edge agent: ingest, normalise, bind, score, buffer, sign, forward.",
-        {"run": "Run the edge agent with a config file."},
-        5,
-    )
-)
+app.add_typer(model_app, name="model", help="Anomaly models: train, sign, verify.")
 app.add_typer(
     _planned_group(
         "cloud",

@@ -20,6 +20,23 @@ _out = Console()
 _err = Console(stderr=True)
 
 
+def _not_built(command: str) -> None:
+    _err.print(f"`coldtrace gateway {command}` is not built yet (tracked in issue #5).", style="yellow")
+    raise typer.Exit(ExitCode.UNAVAILABLE)
+
+
+@app.command()
+def enroll() -> None:
+    """Create the gateway key and CSR and install its certificate (not built yet: issue #5)."""
+    _not_built("enroll")
+
+
+@app.command()
+def install() -> None:
+    """Write the systemd unit, config and state directories (not built yet: issue #5)."""
+    _not_built("install")
+
+
 @app.command()
 def status(
     config: Annotated[Path | None, typer.Option(help="The agent's TOML file.")] = None,

@@ -61,7 +61,9 @@ def test_help_everywhere(argv: list[str]) -> None:
     assert "Usage:" in result.output
 
 
-@pytest.mark.parametrize("argv", [["demo"], ["agent", "run"], ["gateway", "enroll"], ["cloud", "serve"]])
+@pytest.mark.parametrize(
+    "argv", [["demo"], ["gateway", "install"], ["gateway", "enroll"], ["cloud", "serve"]]
+)
 def test_commands_not_built_yet_say_so_and_exit_69(argv: list[str]) -> None:
     result = runner.invoke(app, argv)
     assert result.exit_code == ExitCode.UNAVAILABLE

@@ -1,0 +1,55 @@
+"""``coldtrace agent run`` and ``coldtrace gateway status``: clear errors before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from coldtrace.cli import app
+from coldtrace.exitcodes import ExitCode
+
+runner = CliRunner()
+
+
+def test_missing_config_file_says_so(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["agent", "run", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == ExitCode.IO
+    assert "not found" in result.output
+
+
+def test_invalid_config_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('gateway_id = "gw/1"\nsite_id = "s"\nstate_dir = "/tmp/x"\nsigning_key = "/k"\n')
+    result = runner.invoke(app, ["agent", "run", "--config", str(config)], terminal_width=200)
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "gateway_id: String should match pattern" in result.output
+    assert "local: Field required" in result.output
+
+
+def test_world_readable_signing_key_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "signing.key"
+    key.write_text("not even a key")
+    key.chmod(0o644)
+    config = tmp_path / "agent.toml"
+    broker = f'url = "mqtts://127.0.0.1:1"\nca_file = "{key}"\ncert_file = "{key}"\nkey_file = "{key}"\n'
+    config.write_text(
+        f'gateway_id = "gw-1"\nsite_id = "s"\nstate_dir = "{tmp_path / "state"}"\nsigning_key = "{key}"\n'
+        f"[local]\n{broker}[cloud]\n{broker}"
+    )
+    result = runner.invoke(app, ["agent", "run", "--config", str(config)], terminal_width=200)
+    assert result.exit_code == ExitCode.USAGE
+    assert f"chmod 600 {key}" in result.output
+
+
+def test_status_without_a_running_agent_says_what_to_do(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    config = tmp_path / "agent.toml"
+    broker = f'url = "mqtts://127.0.0.1:1"\nca_file = "{key}"\ncert_file = "{key}"\nkey_file = "{key}"\n'
+    config.write_text(
+        f'gateway_id = "gw-1"\nsite_id = "s"\nstate_dir = "{tmp_path}"\nsigning_key = "{key}"\n'
+        f"metrics_port = 1\n[local]\n{broker}[cloud]\n{broker}"
+    )
+    result = runner.invoke(app, ["gateway", "status", "--config", str(config)], terminal_width=200)
+    assert result.exit_code == ExitCode.FAILURE
+    assert "is `coldtrace agent run` running?" in result.output
