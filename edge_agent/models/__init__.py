@@ -1,0 +1,1 @@
+"""The signed anomaly-model packages shipped with coldtrace (data, loaded by edge_agent.scoring)."""
