@@ -1,0 +1,100 @@
+"""Which waiting readings go into the next batch, in which order, within the frame size limit.
+
+Pure functions: the store runs the queries this module plans and hands the rows back.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import orjson
+
+from coldtrace.contract import SCHEMA_VERSION
+from edge_agent.outbox.models import Priority
+
+#: Bounds standing in for "no bound" on the order key (SQLite integers are 64-bit).
+OKEY_MIN = -(2**63)
+OKEY_MAX = 2**63 - 1
+
+
+class Row(NamedTuple):
+    """A waiting reading as stored; tuples compare by (okey, device_id, seq): the send order."""
+
+    okey: int
+    device_id: str
+    seq: int
+    id: int
+    priority: int
+    t_device_ms: int
+    crc: int
+    body: bytes
+
+
+class Query(NamedTuple):
+    """Waiting readings of one priority with ``okey_from <= okey < okey_below``, in send order."""
+
+    priority: Priority
+    okey_from: int = OKEY_MIN
+    okey_below: int = OKEY_MAX
+
+
+def plan(live_after_ms: int | None) -> list[list[Query]]:
+    """The streams to fill a batch from, first stream first; each stream is merged from its queries.
+
+    Without ``live_after_ms`` there is one stream, all waiting readings oldest first. With it, the
+    first stream holds live readings (order key at or after ``live_after_ms``) and every excursion,
+    the second the rest of the backlog; both oldest first.
+    """
+    if live_after_ms is None:
+        return [[Query(p) for p in Priority]]
+    return [
+        [
+            Query(Priority.ROUTINE, okey_from=live_after_ms),
+            Query(Priority.ANOMALOUS, okey_from=live_after_ms),
+            Query(Priority.EXCURSION),
+        ],
+        [
+            Query(Priority.ROUTINE, okey_below=live_after_ms),
+            Query(Priority.ANOMALOUS, okey_below=live_after_ms),
+        ],
+    ]
+
+
+def select(streams: Sequence[Sequence[Iterable[Row]]], *, max_readings: int, byte_budget: int) -> list[Row]:
+    """Fill a batch from ``streams`` in turn, up to ``max_readings`` and ``byte_budget`` body bytes.
+
+    Each stream is the merge (in send order) of its already ordered row sources. A stream is taken
+    as a prefix: it stops at the first reading that does not fit, so no device's reading is sent
+    ahead of a lower-keyed one of the same stream. The result is in send order.
+    """
+    chosen: list[Row] = []
+    used = 0
+    for sources in streams:
+        for row in heapq.merge(*sources):
+            cost = len(row.body) + 1  # the reading plus its separating comma
+            if len(chosen) >= max_readings or used + cost > byte_budget:
+                break
+            chosen.append(row)
+            used += cost
+    chosen.sort()
+    return chosen
+
+
+def body_overhead(*, gateway_id: str, batch_seq: int, created_ms: int, prev_hash: str) -> int:
+    """Bytes of a batch body with empty ``markers`` and ``readings`` arrays.
+
+    Each reading or marker then adds its canonical encoding plus one separating comma, so the body
+    size of any selection is known before it is signed.
+    """
+    skeleton = {
+        "batch_seq": batch_seq,
+        "created_ms": created_ms,
+        "gateway_id": gateway_id,
+        "markers": [],
+        "prev_hash": prev_hash,
+        "readings": [],
+        "schema_version": SCHEMA_VERSION,
+    }
+    return len(orjson.dumps(skeleton, option=orjson.OPT_SORT_KEYS))

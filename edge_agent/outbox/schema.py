@@ -1,0 +1,181 @@
+"""Opening the outbox database: connection settings, integrity check and schema migrations."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from coldtrace.contract import GENESIS_HASH
+from edge_agent.outbox.errors import (
+    GatewayMismatch,
+    OutboxCorrupt,
+    OutboxError,
+    corrupt_message,
+    translate,
+)
+
+logger = logging.getLogger(__name__)
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+#: The schema this build writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+#: How long to wait for a lock held by another process before giving up (seconds).
+LOCK_TIMEOUT_S = 2.0
+#: After a checkpoint the write-ahead log is cut back to this size.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: Page cache per connection (KiB): index pages of a large backlog stay cached.
+CACHE_KIB = 16 * 1024
+
+_V1 = (
+    # One row: the chain head and lifetime counters.
+    """CREATE TABLE meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        gateway_id TEXT NOT NULL,
+        next_batch_seq INTEGER NOT NULL,
+        head_hash TEXT NOT NULL,
+        thinned_total INTEGER NOT NULL
+    )""",
+    # Readings not yet in a frame. ``id`` is physical placement only (thinning moves rows to pack
+    # them); ``okey`` is the order key (see the package docs); ``body`` is the canonical contract
+    # encoding and ``crc`` its CRC-32, checked before the reading is sent.
+    """CREATE TABLE reading (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        okey INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        t_device_ms INTEGER NOT NULL,
+        crc INTEGER NOT NULL,
+        body BLOB NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX reading_key ON reading (device_id, seq)",
+    "CREATE INDEX reading_order ON reading (priority, okey)",
+    # Formed frames awaiting the cloud broker's PUBACK, exactly as signed.
+    """CREATE TABLE frame (
+        batch_seq INTEGER PRIMARY KEY,
+        frame BLOB NOT NULL,
+        hash TEXT NOT NULL,
+        reading_count INTEGER NOT NULL,
+        oldest_okey INTEGER
+    )""",
+    # Gap markers waiting for the next frame.
+    """CREATE TABLE marker (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        seq_from INTEGER NOT NULL,
+        seq_to INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        t_from_ms INTEGER NOT NULL,
+        t_to_ms INTEGER NOT NULL
+    )""",
+    # Per device, the sequence numbers that have left the reading table (see seen.py).
+    """CREATE TABLE seen (
+        device_id TEXT NOT NULL,
+        seq_from INTEGER NOT NULL,
+        seq_to INTEGER NOT NULL,
+        PRIMARY KEY (device_id, seq_from)
+    ) WITHOUT ROWID""",
+    # Stored readings that failed their integrity check, kept for inspection.
+    """CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        reason TEXT NOT NULL
+    )""",
+)
+
+
+def _migrate_to_1(conn: sqlite3.Connection, gateway_id: str) -> None:
+    for statement in _V1:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO meta (id, gateway_id, next_batch_seq, head_hash, thinned_total) VALUES (1, ?, 1, ?, 0)",
+        (gateway_id, GENESIS_HASH),
+    )
+
+
+#: MIGRATIONS[n] brings a database at user_version n to n + 1.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection, str], None], ...] = (_migrate_to_1,)
+
+
+def open_database(path: Path, *, gateway_id: str, synchronous: Synchronous) -> sqlite3.Connection:
+    """Open or create the outbox at ``path``, check its integrity and migrate its schema.
+
+    The connection holds an exclusive lock until it is closed: a second agent on the same outbox
+    would fork its hash chain, so it is refused (``OutboxLocked``) instead.
+    """
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise translate(exc, path=path, action="opening the database") from exc
+    try:
+        _configure(conn, path, synchronous)
+        _migrate(conn, path, gateway_id)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -> None:
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise OutboxCorrupt(corrupt_message(path, "; ".join(problems)), path=path)
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only possible before the first table exists: lets thinning give pages back to the disk.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"outbox {path}: cannot switch to WAL journaling (got {mode})", path=path)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    except sqlite3.Error as exc:
+        raise translate(exc, path=path, action="opening the database") from exc
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, gateway_id: str) -> None:
+    try:
+        # BEGIN IMMEDIATE takes the write lock now, so a second owner is refused at open.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _upgrade(conn, path, gateway_id)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise translate(exc, path=path, action="migrating the schema") from exc
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path, gateway_id: str) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise OutboxError(
+            f"outbox {path} has schema version {version}, newer than this agent's "
+            f"{SCHEMA_VERSION}: upgrade the agent (downgrading would lose data)",
+            path=path,
+        )
+    for step in range(version, SCHEMA_VERSION):
+        logger.info("outbox %s: migrating schema %d -> %d", path, step, step + 1)
+        MIGRATIONS[step](conn, gateway_id)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    owner = str(conn.execute("SELECT gateway_id FROM meta WHERE id = 1").fetchone()[0])
+    if owner != gateway_id:
+        raise GatewayMismatch(
+            f"outbox {path} belongs to gateway {owner!r}, not {gateway_id!r}: "
+            "point this gateway at its own outbox file",
+            path=path,
+        )

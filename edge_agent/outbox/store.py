@@ -1,0 +1,407 @@
+"""The durable outbox: readings in, signed hash-chained frames out (see the package docs)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coldtrace.contract import (
+    DEFAULT_LIMITS,
+    Batch,
+    Limits,
+    MarkerKind,
+    Reading,
+    frame_hash,
+    sign_batch,
+)
+from coldtrace.contract.batch import HEADER_BYTES
+from edge_agent.outbox import batching, codec, tables, thinning
+from edge_agent.outbox.batching import Row
+from edge_agent.outbox.errors import OutboxError, UnknownBatch, translate
+from edge_agent.outbox.models import OutboxStats, PendingFrame, Priority
+from edge_agent.outbox.schema import Synchronous, open_database
+from edge_agent.outbox.thinning import MarkerRun
+
+logger = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Readings waiting to be sent, formed into signed, hash-chained batches; SQLite in WAL mode.
+
+    Blocking: call it from one worker thread (or ``asyncio.to_thread``); calls are serialised by an
+    internal lock, so concurrent callers are safe but never run in parallel.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gateway_id: str,
+        budget_bytes: int,
+        synchronous: Synchronous = "FULL",
+        limits: Limits = DEFAULT_LIMITS,
+        hard_limit_bytes: int | None = None,
+    ) -> None:
+        """Open or create the outbox at ``path`` and check its integrity.
+
+        ``budget_bytes`` is what ``enforce_budget`` thins down to. ``hard_limit_bytes`` (optional)
+        caps the database file itself: a write that would grow it beyond fails with ``OutboxFull``.
+        Raises ``OutboxCorrupt`` for a damaged file, ``OutboxLocked`` if another process owns it,
+        ``GatewayMismatch`` if it belongs to another gateway.
+        """
+        self._path = Path(path)
+        self._wal_path = self._path.with_name(self._path.name + "-wal")
+        self._gateway_id = gateway_id
+        self._budget = budget_bytes
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = open_database(
+            self._path, gateway_id=gateway_id, synchronous=synchronous
+        )
+        try:
+            with self._reading("loading the outbox state") as conn:
+                self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                if hard_limit_bytes is not None:
+                    conn.execute(f"PRAGMA max_page_count = {max(1, hard_limit_bytes // self._page_size)}")
+                self._load(conn)
+        except BaseException:
+            self.close()
+            raise
+        logger.info(
+            "outbox %s open: %d readings waiting, %d frames pending, next batch %d",
+            self._path, self._pending, len(self._frames), self._next_seq,
+        )  # fmt: skip
+
+    # -- state kept in memory, rebuilt from the database at open ----------------------------------
+    def _load(self, conn: sqlite3.Connection) -> None:
+        self._next_seq, self._head, self._thinned_total = conn.execute(
+            "SELECT next_batch_seq, head_hash, thinned_total FROM meta WHERE id = 1"
+        ).fetchone()
+        self._pending = int(conn.execute("SELECT COUNT(*) FROM reading").fetchone()[0])
+        self._seen = tables.load_seen(conn)
+        self._heads = tables.load_heads(conn)
+        self._frames = tables.load_frames(conn, self._path)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"outbox {self._path} is closed", path=self._path)
+        return self._conn
+
+    @contextlib.contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            raise translate(exc, path=self._path, action=action) from exc
+
+    @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise translate(exc, path=self._path, action=action) from exc
+
+    # -- ingest -----------------------------------------------------------------------------------
+    def append(self, readings: Sequence[tuple[Reading, Priority]]) -> int:
+        """Store ``readings`` in one transaction, durable when this returns; the number stored.
+
+        Idempotent per (device_id, seq): a reading already waiting, in a frame, sent or thinned is
+        skipped (a re-delivery after a crash, or a device resending). Raises ``OutboxFull`` when the
+        disk is full; then nothing of the call was stored.
+        """
+        if not readings:
+            return 0
+        encode = codec.encode
+        with self._lock:
+            heads: tables.Heads = {}  # this call's updates, applied after the commit
+            fresh: list[tables.ReadingRow] = []
+            late: list[tuple[Reading, Priority]] = []
+            seen_of, head_of, crc32 = self._seen.get, self._heads.get, zlib.crc32  # hot loop: bind once
+            for reading, priority in readings:
+                device, seq = reading.device_id, reading.seq
+                seen = seen_of(device)
+                if seen is not None and seq in seen:
+                    continue
+                head = heads.get(device) or head_of(device)
+                if head is not None and seq <= head[0]:
+                    late.append((reading, priority))
+                    continue
+                # Above everything stored for the device: its order key is its receive time, raised
+                # to the device's highest key so keys never decrease along a device's sequence.
+                okey = reading.t_gateway_ms if head is None else max(reading.t_gateway_ms, head[1])
+                heads[device] = (seq, okey)
+                body = encode(reading)
+                fresh.append((device, seq, okey, int(priority), reading.t_device_ms, crc32(body), body))
+            with self._writing("appending readings") as conn:
+                conn.executemany(tables.INSERT_READING, fresh)
+                stored = len(fresh)
+                late.sort(key=lambda item: (item[0].device_id, item[0].seq))
+                for reading, priority in late:
+                    head = heads.get(reading.device_id) or self._heads[reading.device_id]
+                    stored += tables.insert_late(conn, reading, int(priority), head)
+            self._heads.update(heads)
+            self._pending += stored
+            return stored
+
+    # -- uplink -----------------------------------------------------------------------------------
+    def form_batch(
+        self,
+        *,
+        signer: Ed25519PrivateKey,
+        max_readings: int,
+        now_ms: int,
+        live_after_ms: int | None = None,
+    ) -> PendingFrame | None:
+        """Form, sign and store the next batch of the chain; None if nothing is waiting.
+
+        Takes waiting gap markers and up to ``max_readings`` waiting readings (live ones and
+        excursions first when ``live_after_ms`` is given, see the package docs), within the frame
+        size limit. Frame, chain head and the readings' removal are committed together.
+        """
+        if not 1 <= max_readings <= self._limits.max_readings_per_batch:
+            raise ValueError(
+                f"max_readings={max_readings} is outside 1..{self._limits.max_readings_per_batch}"
+            )
+        with self._lock:
+            while True:
+                markers, rows = self._choose(max_readings, now_ms, live_after_ms)
+                readings, damaged = codec.decode_rows(rows)
+                if not damaged:
+                    break
+                self._quarantine(damaged)  # then choose again, with their MISSING markers
+            if not markers and not rows:
+                return None
+            # The readings were validated one by one above; validating the batch with only the first
+            # checks its own fields without running every reading's validators a second time.
+            batch = Batch(
+                batch_seq=self._next_seq,
+                created_ms=now_ms,
+                gateway_id=self._gateway_id,
+                markers=tuple(m.to_marker() for _, m in markers),
+                prev_hash=self._head,
+                readings=tuple(readings[:1]),
+                schema_version=1,
+            )
+            if len(readings) > 1:
+                batch = batch.model_copy(update={"readings": tuple(readings)})
+            frame = sign_batch(batch, signer, limits=self._limits)
+            for row in codec.respelled(frame, rows, readings):
+                logger.error(
+                    "outbox %s: device %s seq %d was stored in a non-canonical spelling; sent the "
+                    "canonical encoding of the same values",
+                    self._path, row.device_id, row.seq,
+                )  # fmt: skip
+            digest = frame_hash(frame)
+            oldest = min((row.okey for row in rows), default=None)
+            removed: dict[str, list[int]] = {}
+            for row in rows:
+                removed.setdefault(row.device_id, []).append(row.seq)
+            with self._writing("forming a batch") as conn:
+                tables.delete_readings(conn, [row.id for row in rows])
+                tables.delete_markers(conn, [marker_id for marker_id, _ in markers])
+                seen = tables.absorb(conn, self._seen, removed)
+                conn.execute(
+                    "INSERT INTO frame (batch_seq, frame, hash, reading_count, oldest_okey)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (batch.batch_seq, frame, digest, len(rows), oldest),
+                )
+                conn.execute(
+                    "UPDATE meta SET next_batch_seq = ?, head_hash = ? WHERE id = 1",
+                    (batch.batch_seq + 1, digest),
+                )
+            pending = PendingFrame(batch.batch_seq, frame, len(rows))
+            self._seen.update(seen)
+            self._frames[batch.batch_seq] = (pending, oldest)
+            self._pending -= len(rows)
+            self._next_seq, self._head = batch.batch_seq + 1, digest
+            logger.debug(
+                "formed batch %d: %d readings, %d markers, %d bytes",
+                batch.batch_seq, len(rows), len(markers), len(frame),
+            )  # fmt: skip
+            return pending
+
+    def _choose(
+        self, max_readings: int, now_ms: int, live_after_ms: int | None
+    ) -> tuple[list[tuple[int, MarkerRun]], list[Row]]:
+        """The waiting markers and readings the next batch carries."""
+        overhead = HEADER_BYTES + batching.body_overhead(
+            gateway_id=self._gateway_id, batch_seq=self._next_seq, created_ms=now_ms, prev_hash=self._head
+        )
+        budget = self._limits.max_batch_bytes - overhead
+        with self._reading("choosing the next batch") as conn:
+            markers, used = tables.waiting_markers(
+                conn, limit=self._limits.max_markers_per_batch, byte_budget=budget
+            )
+            rows = tables.choose_rows(
+                conn, live_after_ms=live_after_ms, max_readings=max_readings, byte_budget=budget - used
+            )
+        if not rows and not markers and self._pending:
+            raise OutboxError(
+                f"outbox {self._path}: the oldest waiting reading does not fit in a frame of "
+                f"{self._limits.max_batch_bytes} bytes; raise max_batch_bytes",
+                path=self._path,
+            )
+        return markers, rows
+
+    def _quarantine(self, damaged: Sequence[tuple[Row, str]]) -> None:
+        """Move readings that failed their checks aside, each leaving a MISSING marker behind."""
+        for row, reason in damaged:
+            logger.error(
+                "outbox %s: quarantined device %s seq %d: %s", self._path, row.device_id, row.seq, reason
+            )
+        removed: dict[str, list[int]] = {}
+        for row, _ in damaged:
+            removed.setdefault(row.device_id, []).append(row.seq)
+        with self._writing("quarantining damaged readings") as conn:
+            tables.quarantine(conn, damaged)
+            seen = tables.absorb(conn, self._seen, removed)
+        self._seen.update(seen)
+        self._pending -= len(damaged)
+
+    def pending_frames(self) -> list[PendingFrame]:
+        """Formed frames not yet acknowledged, in batch_seq order: resend these byte-identical."""
+        with self._lock:
+            self._connection()
+            return [self._frames[seq][0] for seq in sorted(self._frames)]
+
+    def acknowledge(self, batch_seq: int) -> None:
+        """The cloud broker PUBACKed ``batch_seq``: forget its frame (the chain head stays).
+
+        Acknowledging a batch twice is harmless; one never formed raises ``UnknownBatch``.
+        """
+        with self._lock:
+            if batch_seq not in self._frames:
+                self._connection()
+                if 1 <= batch_seq < self._next_seq:
+                    logger.debug("batch %d acknowledged again", batch_seq)
+                    return
+                raise UnknownBatch(batch_seq, path=self._path)
+            with self._writing("acknowledging a batch") as conn:
+                conn.execute("DELETE FROM frame WHERE batch_seq = ?", (batch_seq,))
+            del self._frames[batch_seq]
+
+    # -- disk budget ------------------------------------------------------------------------------
+    def enforce_budget(self) -> int:
+        """Thin waiting readings until the outbox fits its budget; the number thinned.
+
+        Follows the eviction policy in the package docs. Stops early, over budget, when only
+        readings in formed frames are left (those are immutable).
+        """
+        with self._lock:
+            if self._disk_bytes() <= self._budget:
+                return 0
+            self._reclaim()  # a long write-ahead log or free pages may be all there is to win back
+            thinned = 0
+            while (size := self._disk_bytes()) > self._budget:
+                count = self._thin_round(size - self._budget)
+                if count == 0:
+                    logger.warning(
+                        "outbox %s is %d bytes over budget with nothing left to thin (frames pending: %d)",
+                        self._path, size - self._budget, len(self._frames),
+                    )  # fmt: skip
+                    break
+                thinned += count
+                self._reclaim()
+            if thinned:
+                logger.info(
+                    "outbox %s: thinned %d readings to fit %d bytes", self._path, thinned, self._budget
+                )
+            return thinned
+
+    def _thin_round(self, excess: int) -> int:
+        """Thin one round of the lowest priority present; the number thinned (0: nothing left)."""
+        with self._reading("choosing readings to thin") as conn:
+            priority = tables.lowest_priority_waiting(conn)
+            if priority is None:
+                return 0
+            stored = self._pending + sum(f.reading_count for f, _ in self._frames.values())
+            target = thinning.round_size(excess, self._disk_bytes() // max(1, stored))
+            every_other = priority is not Priority.EXCURSION
+            # Halving at most the oldest half of what waits per round: the oldest data is thinned
+            # again before newer data is touched, so resolution falls off with age.
+            size = min(2 * target, max(2 * thinning.ROUND_MIN, self._pending // 2)) if every_other else target
+            window = tables.thinning_window(conn, priority, size)
+        victims = thinning.choose_victims(window, target=target, every_other=every_other)
+        removed: dict[str, list[int]] = {}
+        for v in victims:
+            removed.setdefault(v.device_id, []).append(v.seq)
+        with self._writing("thinning readings") as conn:
+            tables.delete_readings(conn, [v.id for v in victims])
+            for run in thinning.runs_of(victims, MarkerKind.THINNED):
+                tables.record_marker(conn, run)
+            seen = tables.absorb(conn, self._seen, removed)
+            conn.execute("UPDATE meta SET thinned_total = thinned_total + ? WHERE id = 1", (len(victims),))
+            tables.pack(conn, sorted(v.id for v in victims), self._path)
+        self._seen.update(seen)
+        self._pending -= len(victims)
+        self._thinned_total += len(victims)
+        logger.debug("thinned %d %s readings", len(victims), priority.name)
+        return len(victims)
+
+    def _reclaim(self) -> None:
+        with self._reading("reclaiming free space") as conn:
+            tables.reclaim(conn)
+
+    def _disk_bytes(self) -> int:
+        with self._reading("measuring the database") as conn:
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        try:
+            wal = self._wal_path.stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        return pages * self._page_size + wal
+
+    # -- reporting and lifecycle ------------------------------------------------------------------
+    def stats(self) -> OutboxStats:
+        """Counts, size on disk and chain head (cheap: index probes and in-memory counters)."""
+        with self._lock, self._reading("reading statistics") as conn:
+            oldest = [okey for _, okey in self._frames.values() if okey is not None]
+            if (waiting := tables.oldest_okey(conn)) is not None:
+                oldest.append(waiting)
+            return OutboxStats(
+                readings=self._pending + sum(f.reading_count for f, _ in self._frames.values()),
+                bytes_on_disk=self._disk_bytes(),
+                oldest_gateway_ms=min(oldest, default=None),
+                frames_pending=len(self._frames),
+                thinned_total=self._thinned_total,
+                next_batch_seq=self._next_seq,
+                head_hash=self._head,
+            )
+
+    def close(self) -> None:
+        """Close the database (idempotent); SQLite folds the write-ahead log in on close."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise translate(exc, path=self._path, action="closing the database") from exc
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,310 @@
+"""Outbox: append, batch forming, the hash chain, restarts, idempotence and send order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coldtrace.contract import GENESIS_HASH, Limits, MarkerKind, frame_hash, verify_frame
+from edge_agent.outbox import (
+    GatewayMismatch,
+    Outbox,
+    OutboxError,
+    OutboxLocked,
+    Priority,
+    UnknownBatch,
+)
+from tests.edge_agent.outbox_helpers import (
+    GATEWAY,
+    T0,
+    drain,
+    reading,
+    rows,
+    signer,
+    verify_chain,
+    waiting,
+)
+
+BIG = 1 << 40
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return signer()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.db"
+
+
+@pytest.fixture
+def outbox(path: Path) -> Iterator[Outbox]:
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        yield box
+
+
+def _per_device_ascending(keys: list[tuple[str, int]]) -> bool:
+    last: dict[str, int] = {}
+    for device, seq in keys:
+        if seq <= last.get(device, -1):
+            return False
+        last[device] = seq
+    return True
+
+
+def test_readings_round_trip_exactly_through_signed_chained_frames(
+    outbox: Outbox, key: Ed25519PrivateKey
+) -> None:
+    appended = rows("dev-a", range(20)) + rows("dev-b", range(15), Priority.ANOMALOUS)
+    assert outbox.append(appended) == 35
+
+    frames = drain(outbox, key=key, max_readings=8)
+
+    assert [f.batch_seq for f in frames] == [1, 2, 3, 4, 5]
+    assert [f.reading_count for f in frames] == [8, 8, 8, 8, 3]
+    drained = verify_chain([f.frame for f in frames], key=key)
+    assert drained.batches[0].prev_hash == GENESIS_HASH
+    assert all(b.gateway_id == GATEWAY and b.created_ms == T0 for b in drained.batches)
+    sent = {(r.device_id, r.seq): r for b in drained.batches for r in b.readings}
+    assert sent == {(r.device_id, r.seq): r for r, _ in appended}  # model equality: every field exact
+    assert all(_per_device_ascending([(r.device_id, r.seq) for r in b.readings]) for b in drained.batches)
+    assert outbox.pending_frames() == frames
+    assert outbox.form_batch(signer=key, max_readings=8, now_ms=T0) is None
+
+
+def test_chain_and_batch_seq_continue_across_reopen(path: Path, key: Ed25519PrivateKey) -> None:
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        box.append(rows("dev-a", range(10)))
+        first = drain(box, key=key, max_readings=5)
+        for f in first:
+            box.acknowledge(f.batch_seq)
+        head = box.stats().head_hash
+    assert head == frame_hash(first[-1].frame)
+
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        assert box.stats().next_batch_seq == 3
+        box.append(rows("dev-a", range(10, 13)))
+        frame = box.form_batch(signer=key, max_readings=5, now_ms=T0)
+    assert frame is not None
+    assert frame.batch_seq == 3
+    assert verify_frame(frame.frame, key.public_key()).batch.prev_hash == head
+
+
+def test_restart_resends_pending_frames_byte_identical(path: Path, key: Ed25519PrivateKey) -> None:
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        box.append(rows("dev-a", range(30)))
+        formed = drain(box, key=key, max_readings=10)
+
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        assert box.pending_frames() == formed  # same batch_seq, bytes and counts
+        box.acknowledge(1)
+        assert [f.batch_seq for f in box.pending_frames()] == [2, 3]
+        box.append(rows("dev-a", range(30, 32)))
+        nxt = box.form_batch(signer=key, max_readings=10, now_ms=T0)
+        assert nxt is not None
+        stats = box.stats()
+
+    verify_chain([f.frame for f in formed] + [nxt.frame], key=key)
+    assert stats.readings == 22
+    assert stats.frames_pending == 3
+
+
+def test_the_same_readings_twice_are_stored_once(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    batch = rows("dev-a", range(10)) + rows("dev-b", range(3))
+    assert outbox.append(batch) == 13
+    assert outbox.append(batch) == 0
+    assert outbox.append(batch + batch) == 0
+    assert outbox.append([*batch, (reading("dev-a", 10), Priority.ROUTINE)]) == 1
+    assert outbox.stats().readings == 14
+    assert sorted(verify_chain([f.frame for f in drain(outbox, key=key)], key=key).keys) == sorted(
+        [("dev-a", s) for s in range(11)] + [("dev-b", s) for s in range(3)]
+    )
+
+
+def test_a_reading_already_sent_and_acknowledged_is_not_sent_again(
+    path: Path, key: Ed25519PrivateKey
+) -> None:
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        box.append(rows("dev-a", range(100)))
+        for f in drain(box, key=key, max_readings=30):
+            box.acknowledge(f.batch_seq)
+        assert box.append(rows("dev-a", range(90, 100))) == 0  # the broker redelivers
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:  # also after a restart
+        assert box.append(rows("dev-a", range(0, 101))) == 1
+        frame = box.form_batch(signer=key, max_readings=30, now_ms=T0)
+    assert frame is not None
+    assert verify_chain([frame.frame], key=key, first_prev=None).keys == [("dev-a", 100)]
+
+
+def test_the_sent_record_stays_one_interval_per_device(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    for start in range(0, 1000, 100):
+        outbox.append(rows("dev-a", range(start, start + 100)) + rows("dev-b", range(start, start + 100)))
+        for f in drain(outbox, key=key, max_readings=37):
+            outbox.acknowledge(f.batch_seq)
+    conn = outbox._conn
+    assert conn is not None
+    assert conn.execute("SELECT device_id, seq_from, seq_to FROM seen ORDER BY device_id").fetchall() == [
+        ("dev-a", 0, 999),
+        ("dev-b", 0, 999),
+    ]
+
+
+def test_a_redelivery_with_different_content_keeps_the_first(
+    outbox: Outbox, key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox.append([(reading("dev-a", 1, temp=4.0), Priority.ROUTINE)])
+    with caplog.at_level(logging.WARNING):
+        assert outbox.append([(reading("dev-a", 1, temp=9.0), Priority.ROUTINE)]) == 0
+    assert "different content" in caplog.text
+    frame = outbox.form_batch(signer=key, max_readings=10, now_ms=T0)
+    assert frame is not None
+    assert verify_frame(frame.frame, key.public_key()).batch.readings[0].temperature_c == 4.0
+
+
+def test_late_arrivals_are_sent_in_sequence_order(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    # dev-a's 5..9 arrive first, then 0..4 (later receive times), then 10..12; dev-b is steady.
+    outbox.append(rows("dev-a", range(5, 10), t_ms=T0 + 50_000))
+    outbox.append(rows("dev-b", range(0, 5), t_ms=T0 + 55_000))
+    outbox.append(rows("dev-a", range(0, 5), t_ms=T0 + 60_000))
+    outbox.append(rows("dev-a", range(10, 13), t_ms=T0 + 61_000) + rows("dev-a", range(2, 4)))  # dups too
+    keys = verify_chain([f.frame for f in drain(outbox, key=key, max_readings=4)], key=key).keys
+    assert sorted(keys) == sorted([("dev-a", s) for s in range(13)] + [("dev-b", s) for s in range(5)])
+    assert _per_device_ascending(keys)
+
+
+def test_live_readings_and_excursions_go_before_the_backfill(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    live_after = T0 + 3_600_000
+    backlog = rows("dev-a", range(100), t_ms=T0) + rows("dev-b", range(100), t_ms=T0 + 1)
+    backlog[50] = (backlog[50][0], Priority.EXCURSION)  # dev-a seq 50
+    outbox.append(backlog)
+    outbox.append(rows("dev-a", range(100, 110), t_ms=live_after + 5))
+    outbox.append(rows("dev-c", range(0, 10), t_ms=live_after + 10))
+
+    frames = drain(outbox, key=key, max_readings=25, live_after_ms=live_after)
+    batches = verify_chain([f.frame for f in frames], key=key).batches
+    first = {(r.device_id, r.seq) for r in batches[0].readings}
+    assert first >= {
+        ("dev-a", 50),
+        *(("dev-a", s) for s in range(100, 110)),
+        *(("dev-c", s) for s in range(10)),
+    }
+
+    keys = [(r.device_id, r.seq) for b in batches for r in b.readings]
+    assert len(keys) == len(set(keys)) == 220
+    backfill = [seq for device, seq in keys if device == "dev-a" and seq < 100 and seq != 50]
+    assert backfill == sorted(backfill)  # the backfill stream keeps each device's order
+    assert all(_per_device_ascending([(r.device_id, r.seq) for r in b.readings]) for b in batches)
+
+
+def test_without_live_after_everything_goes_oldest_first(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    outbox.append(rows("dev-a", range(3), t_ms=T0 + 10))
+    outbox.append(rows("dev-b", range(3), Priority.EXCURSION, t_ms=T0 + 20))
+    outbox.append(rows("dev-c", range(3), t_ms=T0 + 5))
+    frame = outbox.form_batch(signer=key, max_readings=3, now_ms=T0)
+    assert frame is not None
+    assert [(r.device_id, r.seq) for r in verify_frame(frame.frame, key.public_key()).batch.readings] == [
+        ("dev-c", 0),
+        ("dev-c", 1),
+        ("dev-c", 2),
+    ]
+
+
+def test_frames_respect_the_size_limit(path: Path, key: Ed25519PrivateKey) -> None:
+    limits = Limits(max_batch_bytes=16 * 1024)
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG, limits=limits) as box:
+        box.append([(reading("dev-a", s, lots=30), Priority.ROUTINE) for s in range(60)])
+        frames = drain(box, key=key, max_readings=1000)
+    assert all(len(f.frame) <= limits.max_batch_bytes for f in frames)
+    assert len(frames) >= 3
+    assert sum(f.reading_count for f in frames) == 60
+    assert max(len(f.frame) for f in frames) > limits.max_batch_bytes * 0.8  # frames are filled, not tiny
+    verify_chain([f.frame for f in frames], key=key)
+
+
+@pytest.mark.parametrize("bad", [0, 1001])
+def test_max_readings_must_be_within_the_contract(outbox: Outbox, key: Ed25519PrivateKey, bad: int) -> None:
+    with pytest.raises(ValueError, match="max_readings"):
+        outbox.form_batch(signer=key, max_readings=bad, now_ms=T0)
+
+
+def test_acknowledge_is_idempotent_and_refuses_unknown_batches(
+    outbox: Outbox, key: Ed25519PrivateKey
+) -> None:
+    outbox.append(rows("dev-a", range(3)))
+    frame = outbox.form_batch(signer=key, max_readings=10, now_ms=T0)
+    assert frame is not None
+    outbox.acknowledge(frame.batch_seq)
+    outbox.acknowledge(frame.batch_seq)
+    with pytest.raises(UnknownBatch):
+        outbox.acknowledge(2)
+    assert outbox.pending_frames() == []
+
+
+def test_stats_count_waiting_and_framed_readings(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    empty = outbox.stats()
+    assert (empty.readings, empty.oldest_gateway_ms, empty.frames_pending) == (0, None, 0)
+    assert empty.next_batch_seq == 1
+    assert empty.head_hash == GENESIS_HASH
+    outbox.append(
+        rows("dev-a", range(10), t_ms=T0 + 7) + rows("dev-b", range(5), Priority.EXCURSION, t_ms=T0 + 9)
+    )
+    outbox.form_batch(signer=key, max_readings=4, now_ms=T0)
+    stats = outbox.stats()
+    assert (stats.readings, stats.frames_pending, stats.next_batch_seq) == (15, 1, 2)
+    assert stats.oldest_gateway_ms == T0 + 7
+    assert stats.bytes_on_disk > 0
+
+
+def test_damaged_stored_reading_is_quarantined_and_leaves_a_marker(
+    outbox: Outbox, key: Ed25519PrivateKey
+) -> None:
+    outbox.append(rows("dev-a", range(5)))
+    conn = outbox._conn
+    assert conn is not None
+    # Flip one digit of a stored temperature: valid JSON, but the CRC no longer matches.
+    body = conn.execute("SELECT body FROM reading WHERE seq = 2").fetchone()[0]
+    conn.execute(
+        "UPDATE reading SET body = ? WHERE seq = 2",
+        (body.replace(b'"temperature_c":4.', b'"temperature_c":5.'),),
+    )
+
+    frame = outbox.form_batch(signer=key, max_readings=10, now_ms=T0)
+    assert frame is not None
+    batch = verify_frame(frame.frame, key.public_key()).batch
+    assert [r.seq for r in batch.readings] == [0, 1, 3, 4]
+    assert [(m.kind, m.seq_from, m.seq_to, m.count) for m in batch.markers] == [(MarkerKind.MISSING, 2, 2, 1)]
+    assert conn.execute("SELECT device_id, seq FROM quarantine").fetchall() == [("dev-a", 2)]
+    assert outbox.append(rows("dev-a", [2])) == 0  # not taken again on redelivery
+
+
+def test_a_second_owner_is_refused(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edge_agent.outbox.schema.LOCK_TIMEOUT_S", 0.01)
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG), pytest.raises(OutboxLocked):
+        Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG)
+
+
+def test_an_outbox_of_another_gateway_is_refused(path: Path) -> None:
+    Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG).close()
+    with pytest.raises(GatewayMismatch, match="belongs to gateway"):
+        Outbox(path, gateway_id="gw-other", budget_bytes=BIG)
+
+
+def test_a_closed_outbox_refuses_work(path: Path, key: Ed25519PrivateKey) -> None:
+    box = Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG)
+    box.close()
+    box.close()
+    with pytest.raises(OutboxError, match="closed"):
+        box.append(rows("dev-a", [1]))
+    with pytest.raises(OutboxError, match="closed"):
+        box.stats()
+
+
+def test_nothing_waiting_forms_nothing(outbox: Outbox, key: Ed25519PrivateKey) -> None:
+    assert outbox.form_batch(signer=key, max_readings=10, now_ms=T0, live_after_ms=T0) is None
+    assert outbox.append([]) == 0
+    assert waiting(outbox) == []

@@ -1,0 +1,129 @@
+"""The outbox's pure parts: the fast encoder, interval records, batch selection, thinning choices."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coldtrace.contract import MarkerKind, Reading, canonical_bytes, decode_model
+from edge_agent.outbox import Priority, batching, codec, thinning
+from edge_agent.outbox.batching import Query, Row
+from edge_agent.outbox.seen import SeqRanges, cap, gaps_touching, runs, union
+from edge_agent.outbox.thinning import Candidate, MarkerRun
+from tests.coldtrace.contract.strategies import readings
+
+
+@settings(max_examples=300)
+@given(readings())
+def test_the_fast_encoder_writes_exactly_the_canonical_bytes(reading: Reading) -> None:
+    body = codec.encode(reading)
+    assert body == canonical_bytes(reading)
+    assert codec.decode(body) == reading == decode_model(Reading, body)
+
+
+def test_the_fast_encoder_is_in_use() -> None:
+    assert codec.encode is not canonical_bytes
+
+
+def test_runs_and_union() -> None:
+    assert runs([1, 2, 2, 3, 7, 9, 10]) == [(1, 3), (7, 7), (9, 10)]
+    assert runs([]) == []
+    assert union([(0, 4), (10, 12)], [(5, 6), (11, 20), (30, 30)]) == [(0, 6), (10, 20), (30, 30)]
+    assert union([], [(3, 3)]) == [(3, 3)]
+
+
+@given(st.sets(st.integers(0, 200)), st.sets(st.integers(0, 200)))
+def test_seq_ranges_hold_exactly_the_union(a: set[int], b: set[int]) -> None:
+    merged = SeqRanges(union(runs(sorted(a)), runs(sorted(b))))
+    assert {n for n in range(-5, 210) if n in merged} == a | b
+    ivs = merged.intervals()
+    assert all(x[1] + 1 < y[0] for x, y in itertools.pairwise(ivs))  # disjoint, not adjacent
+
+
+def test_gaps_touching_lists_only_gaps_beside_new_intervals() -> None:
+    intervals = [(0, 9), (12, 12), (20, 29), (40, 41)]
+    assert gaps_touching(intervals, [(12, 12)]) == [(10, 11), (13, 19)]
+    assert gaps_touching(intervals, [(40, 40)]) == [(30, 39)]
+    assert gaps_touching(intervals, []) == []
+
+
+def test_cap_fills_the_oldest_gaps_first() -> None:
+    intervals = [(0, 1), (5, 6), (9, 9), (20, 21)]
+    assert cap(intervals, 4) == intervals
+    assert cap(intervals, 2) == [(0, 9), (20, 21)]
+    assert cap(intervals, 1) == [(0, 21)]
+
+
+def _row(okey: int, device: str, seq: int, size: int = 10) -> Row:
+    return Row(okey, device, seq, seq, Priority.ROUTINE, okey, 0, b"x" * size)
+
+
+def test_select_fills_stream_by_stream_as_prefixes() -> None:
+    live = [[_row(100, "a", 9), _row(101, "b", 1)], [_row(100, "c", 1)]]
+    backfill = [[_row(1, "a", 1), _row(2, "a", 2), _row(3, "a", 3)]]
+    chosen = batching.select([live, backfill], max_readings=5, byte_budget=10_000)
+    assert [(r.device_id, r.seq) for r in chosen] == [("a", 1), ("a", 2), ("a", 9), ("c", 1), ("b", 1)]
+    # The byte budget stops a stream at the first reading that does not fit (each costs size + 1).
+    small = batching.select(
+        [[[_row(1, "a", 1), _row(2, "a", 2, 500), _row(3, "a", 3)]]], max_readings=9, byte_budget=100
+    )
+    assert [r.seq for r in small] == [1]
+
+
+def test_plan_puts_live_readings_and_excursions_first() -> None:
+    assert batching.plan(None) == [[Query(p) for p in Priority]]
+    live, backfill = batching.plan(5000)
+    assert {(q.priority, q.okey_from, q.okey_below) for q in live} == {
+        (Priority.ROUTINE, 5000, batching.OKEY_MAX),
+        (Priority.ANOMALOUS, 5000, batching.OKEY_MAX),
+        (Priority.EXCURSION, batching.OKEY_MIN, batching.OKEY_MAX),
+    }
+    assert {(q.priority, q.okey_below) for q in backfill} == {
+        (Priority.ROUTINE, 5000),
+        (Priority.ANOMALOUS, 5000),
+    }
+
+
+def test_body_overhead_matches_an_empty_batch() -> None:
+    assert batching.body_overhead(gateway_id="g", batch_seq=12, created_ms=34, prev_hash="0" * 64) == len(
+        b'{"batch_seq":12,"created_ms":34,"gateway_id":"g","markers":[],"prev_hash":"'
+        + b"0" * 64
+        + b'","readings":[],"schema_version":1}'
+    )
+
+
+def _cand(device: str, seq: int) -> Candidate:
+    return Candidate(seq, device, seq, seq, seq * 10)
+
+
+def test_every_other_reading_per_device_is_thinned() -> None:
+    window = sorted([_cand("a", s) for s in range(6)] + [_cand("b", s) for s in range(3)] + [_cand("c", 0)])
+    victims = thinning.choose_victims(window, target=5, every_other=True)
+    assert sorted((v.device_id, v.seq) for v in victims) == [("a", 1), ("a", 3), ("a", 5), ("b", 1)]
+    # Nothing to halve (one reading per device): the oldest go.
+    singles = [_cand("a", 0), _cand("b", 1), _cand("c", 2)]
+    assert thinning.choose_victims(singles, target=2, every_other=True) == singles[:2]
+    assert thinning.choose_victims(window, target=3, every_other=False) == window[:3]
+
+
+def test_marker_runs_merge_per_device() -> None:
+    victims = [_cand("a", 1), _cand("a", 3), _cand("b", 7), _cand("a", 5)]
+    by_device = {r.device_id: r for r in thinning.runs_of(victims, MarkerKind.THINNED)}
+    assert by_device["a"] == MarkerRun(MarkerKind.THINNED, "a", 1, 5, 3, 10, 50)
+    assert by_device["b"] == MarkerRun(MarkerKind.THINNED, "b", 7, 7, 1, 70, 70)
+    later = MarkerRun(MarkerKind.THINNED, "a", 6, 8, 2, 60, 80)
+    assert by_device["a"].touches(later)
+    assert by_device["a"].merged(later) == MarkerRun(MarkerKind.THINNED, "a", 1, 8, 5, 10, 80)
+    assert not by_device["a"].touches(MarkerRun(MarkerKind.THINNED, "a", 7, 9, 1, 0, 0))
+    assert not by_device["a"].touches(MarkerRun(MarkerKind.MISSING, "a", 2, 2, 1, 0, 0))
+    assert by_device["a"].merged(later).to_marker().count == 5
+
+
+def test_round_size_and_regions() -> None:
+    assert thinning.round_size(0, 500) == thinning.ROUND_MIN
+    assert thinning.round_size(10**12, 500) == thinning.ROUND_MAX
+    assert thinning.round_size(100_000, 500) == 220
+    assert thinning.regions([1, 3, 5, 200, 201, 1000]) == [(1, 5, 3), (200, 201, 2), (1000, 1000, 1)]
+    assert thinning.regions([]) == []
