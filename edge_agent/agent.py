@@ -49,7 +49,7 @@ from coldtrace.profiles import PROFILES
 from edge_agent.deadletter import DeadLetter, DeadLetters
 from edge_agent.metrics import AgentMetrics, serve
 from edge_agent.normalize import ClockPolicy, Normalized, Normalizer
-from edge_agent.outbox import Outbox, PendingFrame, Priority
+from edge_agent.outbox import Outbox, OutboxFull, PendingFrame, Priority
 from edge_agent.scoring.model import LoadedModel, ModelRejected, load_model
 from edge_agent.scoring.scorer import Scorer
 from edge_agent.settings import AgentSettings
@@ -244,7 +244,7 @@ class EdgeAgent:
                 self.metrics.rejected.labels(reason=exc.code.value).inc()
                 letters.append(DeadLetter(received, exc.code.value, message.topic, str(exc), message.payload))
         rows = self._score(normalized)
-        inserted = await self._call(self.outbox.append, rows) if rows else 0
+        inserted = await self._store(rows) if rows else 0
         if letters:
             await self._call(self._dead_letters.add, letters)
         for message in chunk:  # committed (or refused and kept): now the broker may forget them
@@ -255,6 +255,23 @@ class EdgeAgent:
         if inserted:
             self._unbatched += inserted
             self._new_data.set()
+
+    async def _store(self, rows: list[tuple[Reading, Priority]]) -> int:
+        """Commit ``rows``; with the disk full, thin and retry (their messages stay unacknowledged)."""
+        while True:
+            try:
+                return await self._call(self.outbox.append, rows)
+            except OutboxFull as exc:
+                logger.error("outbox full (%s): thinning routine readings before accepting more", exc)  # noqa: TRY400
+                try:
+                    thinned = await self._call(self.outbox.enforce_budget)
+                except OutboxFull:
+                    thinned = 0
+                self.metrics.thinned.inc(thinned)
+                if (
+                    not thinned
+                ):  # nothing left to thin: hold ingest (the broker queues) until the uplink drains
+                    await asyncio.sleep(1.0)
 
     @property
     def _dead_letters(self) -> DeadLetters:
@@ -463,7 +480,11 @@ class EdgeAgent:
             self._drain_eta_s = stats.readings / rate if rate > 0 else 0.0
             self.metrics.drain_eta.set(self._drain_eta_s)
             if ticks % 10 == 0:
-                thinned = await self._call(self.outbox.enforce_budget)
+                try:
+                    thinned = await self._call(self.outbox.enforce_budget)
+                except OutboxFull as exc:
+                    logger.error("disk full even for thinning: %s", exc)  # noqa: TRY400
+                    thinned = 0
                 if thinned:
                     logger.warning("outbox over its disk budget: thinned %d routine readings", thinned)
                     self.metrics.thinned.inc(thinned)
