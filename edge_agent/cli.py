@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,9 @@ def load_settings(config: Path | None) -> AgentSettings:
         raise typer.Exit(ExitCode.IO)
     try:
         return AgentSettings.load(config)
+    except tomllib.TOMLDecodeError as exc:
+        _err.print(f"[red]error:[/] {config} is not valid TOML: {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(ExitCode.INVALID_INPUT) from exc
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             key = ".".join(str(p) for p in error["loc"])

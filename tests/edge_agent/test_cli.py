@@ -27,6 +27,15 @@ def test_invalid_config_names_the_key(tmp_path: Path) -> None:
     assert "local: Field required" in result.output
 
 
+def test_config_that_is_not_toml_is_explained(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('gateway_id = "gw-1" site_id = "s"\n')
+    result = runner.invoke(app, ["agent", "run", "--config", str(config)], terminal_width=200)
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "is not valid TOML" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_world_readable_signing_key_is_refused(tmp_path: Path) -> None:
     key = tmp_path / "signing.key"
     key.write_text("not even a key")
