@@ -166,6 +166,18 @@ def test_a_redelivery_with_different_content_keeps_the_first(
     assert verify_frame(frame.frame, key.public_key()).batch.readings[0].temperature_c == 4.0
 
 
+def test_a_plain_broker_redelivery_is_dropped_without_a_warning(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = reading("dev-a", 1, temp=4.0)
+    outbox.append([(first, Priority.ROUTINE)])
+    # Same device payload, received again later: only what the gateway added differs.
+    again = first.model_copy(update={"t_gateway_ms": first.t_gateway_ms + 5_000})
+    with caplog.at_level(logging.WARNING):
+        assert outbox.append([(again, Priority.ROUTINE)]) == 0
+    assert "different content" not in caplog.text
+
+
 def test_late_arrivals_are_sent_in_sequence_order(outbox: Outbox, key: Ed25519PrivateKey) -> None:
     # dev-a's 5..9 arrive first, then 0..4 (later receive times), then 10..12; dev-b is steady.
     outbox.append(rows("dev-a", range(5, 10), t_ms=T0 + 50_000))
