@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.harness.ports import LOOPBACK, free_port
-from tests.harness.process import ManagedProcess, make_workdir, remove_workdir
+from tests.harness.process import ManagedProcess, ServerHarness, make_workdir
 
 
 def _toml_str(value: str) -> str:
@@ -18,7 +18,7 @@ def _toml_str(value: str) -> str:
     return f'"{escaped}"'
 
 
-class InfluxDB1:
+class InfluxDB1(ServerHarness):
     """One ``influxd`` 1.x process with meta/data/wal in a temp dir, auth off, HTTP at ``url``."""
 
     def __init__(self, binary: Path, *, port: int | None = None, rpc_port: int | None = None) -> None:
@@ -71,36 +71,18 @@ bind-address = {_toml_str(f"{self.host}:{self.rpc_port}")}
 """
 
     # -- lifecycle --------------------------------------------------------------------------------
+    ready_what = "answering /ping"
 
-    def _pings(self) -> bool:
+    def _ready(self) -> bool:
         try:
             return self._http.get("/ping").status_code == 204
         except httpx.TransportError:
             return False
 
-    def start(self, timeout: float = 30.0) -> float:
-        """Start and wait until GET /ping answers 204; return the startup time in seconds."""
-        self.process.start()
-        self.startup_seconds = self.process.wait_ready(self._pings, timeout, what="answering /ping")
-        return self.startup_seconds
-
-    def restart(self, timeout: float = 30.0) -> float | None:
-        """Stop gracefully and start again with the same config and data."""
-        return self.process.restart(self._pings, timeout)
-
-    def stop(self) -> None:
-        """Stop the server; the temp dir stays until ``close()``."""
-        self.process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the server (crash drill); ``restart()`` brings it back on the same data."""
-        self.process.kill()
-
     def close(self) -> None:
-        """Stop the server and delete its temp dir."""
-        self.stop()
+        """Stop the server, delete its temp dir and close the HTTP client."""
+        super().close()
         self._http.close()
-        remove_workdir(self.workdir)
 
     # -- API helpers ------------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from tests.harness.ports import LOOPBACK, free_port
 from tests.harness.process import (
     ManagedProcess,
+    ServerHarness,
     ServiceError,
     chown_for,
     make_workdir,
-    remove_workdir,
     user_ids,
 )
 
@@ -21,7 +21,7 @@ from tests.harness.process import (
 SERVICE_USER = "postgres"
 
 
-class Postgres:
+class Postgres(ServerHarness):
     """One postmaster. ``dsn`` is ``postgresql://postgres@127.0.0.1:PORT/coldtrace_test``.
 
     The postmaster runs in the foreground as the harness's child rather than through ``pg_ctl start``
@@ -151,16 +151,3 @@ class Postgres:
     def restart(self, timeout: float = 60.0) -> float | None:
         """Fast shutdown and start again on the same data dir (crash recovery runs after ``kill()``)."""
         return self.process.restart(self._accepting, timeout)
-
-    def stop(self) -> None:
-        """Fast shutdown; the temp dir stays until ``close()``."""
-        self.process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and its backends (crash drill); ``restart()`` runs crash recovery."""
-        self.process.kill()
-
-    def close(self) -> None:
-        """Stop the server and delete its temp dir."""
-        self.stop()
-        remove_workdir(self.workdir)

@@ -283,3 +283,39 @@ def remove_workdir(path: Path) -> None:
     if os.environ.get(KEEP_DIRS_ENV, "").strip() not in ("", "0"):
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+class ServerHarness:
+    """The lifecycle every harness server shares; a subclass supplies its process and readiness probe."""
+
+    process: ManagedProcess
+    workdir: Path
+    startup_seconds: float | None = None
+    #: How readiness reads in a timeout message ("answering /ping").
+    ready_what = "ready"
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> float:
+        """Start and wait until the readiness probe passes; return the startup time in seconds."""
+        self.process.start()
+        self.startup_seconds = self.process.wait_ready(self._ready, timeout, what=self.ready_what)
+        return self.startup_seconds
+
+    def restart(self, timeout: float = 30.0) -> float | None:
+        """Stop gracefully and start again on the same port and data."""
+        return self.process.restart(self._ready, timeout)
+
+    def stop(self) -> None:
+        """Stop the server; the temp dir stays until ``close()``."""
+        self.process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL the server (crash drill); ``restart()`` brings it back on the same data."""
+        self.process.kill()
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir."""
+        self.stop()
+        remove_workdir(self.workdir)

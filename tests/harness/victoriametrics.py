@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 import httpx
 
 from tests.harness.ports import LOOPBACK, free_port
-from tests.harness.process import ManagedProcess, make_workdir, remove_workdir
+from tests.harness.process import ManagedProcess, ServerHarness, make_workdir
 
 Series = dict[str, Any]
 T = TypeVar("T")
 
 
-class VictoriaMetrics:
+class VictoriaMetrics(ServerHarness):
     """One VictoriaMetrics process. ``url`` is its HTTP base (InfluxDB line protocol at ``/write``)."""
 
     def __init__(self, binary: Path, *, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
@@ -45,36 +45,18 @@ class VictoriaMetrics:
         self._http = httpx.Client(base_url=self.url, timeout=5.0)
 
     # -- lifecycle --------------------------------------------------------------------------------
+    ready_what = "healthy (/health)"
 
-    def _healthy(self) -> bool:
+    def _ready(self) -> bool:
         try:
             return self._http.get("/health").status_code == 200
         except httpx.TransportError:
             return False
 
-    def start(self, timeout: float = 30.0) -> float:
-        """Start and wait until GET /health is 200; return the startup time in seconds."""
-        self.process.start()
-        self.startup_seconds = self.process.wait_ready(self._healthy, timeout, what="healthy (/health)")
-        return self.startup_seconds
-
-    def restart(self, timeout: float = 30.0) -> float | None:
-        """Stop gracefully and start again on the same port and data dir."""
-        return self.process.restart(self._healthy, timeout)
-
-    def stop(self) -> None:
-        """Stop the server; the temp dir stays until ``close()``."""
-        self.process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the server (crash drill); ``restart()`` brings it back on the same data."""
-        self.process.kill()
-
     def close(self) -> None:
-        """Stop the server and delete its temp dir."""
-        self.stop()
+        """Stop the server, delete its temp dir and close the HTTP client."""
+        super().close()
         self._http.close()
-        remove_workdir(self.workdir)
 
     # -- write / read-back helpers ----------------------------------------------------------------
 
