@@ -15,7 +15,7 @@ from rich.console import Console
 
 from coldtrace.exitcodes import ExitCode
 from edge_agent.agent import AgentError, EdgeAgent
-from edge_agent.outbox import OutboxCorrupt
+from edge_agent.outbox import OutboxError
 from edge_agent.settings import AgentSettings
 
 app = typer.Typer(
@@ -61,8 +61,8 @@ def run(
     """Run the edge agent until SIGTERM."""
     settings = load_settings(config)
     try:
-        agent = EdgeAgent(settings)
-    except (AgentError, OutboxCorrupt) as exc:
+        asyncio.run(_run(EdgeAgent(settings)))
+    except (AgentError, OutboxError) as exc:
+        # A damaged or locked outbox, an unreadable key: the message says what to do.
         _err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(ExitCode.USAGE) from exc
-    asyncio.run(_run(agent))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from typer.testing import CliRunner
 
 from coldtrace.cli import app
 from coldtrace.exitcodes import ExitCode
+from edge_agent.outbox import Outbox
 
 runner = CliRunner()
 
@@ -62,3 +65,24 @@ def test_status_without_a_running_agent_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["gateway", "status", "--config", str(config)], terminal_width=200)
     assert result.exit_code == ExitCode.FAILURE
     assert "is `coldtrace agent run` running?" in result.output
+
+
+def test_second_agent_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "signing.key"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    key.chmod(0o600)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "agent.toml"
+    broker = f'url = "mqtts://127.0.0.1:1"\nca_file = "{key}"\ncert_file = "{key}"\nkey_file = "{key}"\n'
+    config.write_text(
+        f'gateway_id = "gw-1"\nsite_id = "s"\nstate_dir = "{state}"\nsigning_key = "{key}"\n'
+        f"metrics_port = 0\n[local]\n{broker}[cloud]\n{broker}"
+    )
+    with Outbox(state / "outbox.db", gateway_id="gw-1", budget_bytes=10 * 1024 * 1024):
+        result = runner.invoke(app, ["agent", "run", "--config", str(config)], terminal_width=200)
+    assert result.exit_code == ExitCode.USAGE
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
