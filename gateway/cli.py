@@ -14,6 +14,8 @@ from rich.table import Table
 
 from coldtrace.exitcodes import ExitCode
 from edge_agent.cli import load_settings
+from gateway.install import UNIT_NAME, InstallError, InstallPlan
+from gateway.install import install as install_agent
 
 app = typer.Typer(no_args_is_help=True, help="Gateway host: enrollment, device registry, install, status.")
 _out = Console()
@@ -32,9 +34,42 @@ def enroll() -> None:
 
 
 @app.command()
-def install() -> None:
-    """Write the systemd unit, config and state directories (not built yet: issue #5)."""
-    _not_built("install")
+def install(
+    *,
+    gateway_id: Annotated[str, typer.Option(help="This gateway's id (its certificate's name).")],
+    site_id: Annotated[str, typer.Option(help="The warehouse or site it serves.")],
+    local_url: Annotated[
+        str, typer.Option(help="The gateway broker, mqtts://host:port.")
+    ] = "mqtts://127.0.0.1:8883",
+    cloud_url: Annotated[str, typer.Option(help="The cloud broker, mqtts://host:port.")],
+    root: Annotated[
+        Path, typer.Option(help="Install under this root (/ on the host; a scratch dir for images).")
+    ] = Path("/"),
+    user: Annotated[str, typer.Option(help="Service account the agent runs as.")] = "coldtrace",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing agent.toml.")] = False,
+) -> None:
+    """Write the systemd unit, the config file and the state directories with their owners and modes."""
+    plan = InstallPlan(root=root, user=user, group=user)
+    try:
+        written = install_agent(
+            plan,
+            gateway_id=gateway_id,
+            site_id=site_id,
+            local_url=local_url,
+            cloud_url=cloud_url,
+            force=force,
+        )
+    except InstallError as exc:
+        _err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(ExitCode.IO) from exc
+    for path in written:
+        _out.print(f"wrote {path}", soft_wrap=True, highlight=False)
+    _out.print(
+        f"next: put the TLS files in {plan.on_host(plan.config_dir / 'tls')}, then "
+        f"`systemctl daemon-reload && systemctl enable --now {UNIT_NAME}`",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @app.command()

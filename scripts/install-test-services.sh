@@ -18,10 +18,11 @@ declare -A PROBE=(
     [victoria-metrics]=/usr/bin/victoria-metrics
     [influxdb]=/usr/bin/influxd
     ["postgresql-${PG_MAJOR}"]="/usr/lib/postgresql/${PG_MAJOR}/bin/postgres"
+    [systemd]=/usr/bin/systemd-analyze
 )
 
 missing=()
-for package in mosquitto victoria-metrics influxdb "postgresql-${PG_MAJOR}"; do
+for package in mosquitto victoria-metrics influxdb "postgresql-${PG_MAJOR}" systemd; do
     if [[ -x "${PROBE[$package]}" ]]; then
         echo "ok: ${package} (${PROBE[$package]})"
     else
