@@ -62,7 +62,7 @@ def test_help_everywhere(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["demo"], ["gateway", "install"], ["gateway", "enroll"], ["cloud", "serve"]]
+    "argv", [["demo"], ["cloud", "worker"], ["gateway", "enroll"], ["cloud", "serve"]]
 )
 def test_commands_not_built_yet_say_so_and_exit_69(argv: list[str]) -> None:
     result = runner.invoke(app, argv)
