@@ -14,7 +14,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,3 +364,31 @@ async def connect_with_backoff(
             delay = min(max_s, delay * 2)
         else:
             return
+
+
+async def reconnect_forever(
+    client: MqttClient,
+    *,
+    initial_s: float,
+    max_s: float,
+    deadline_s: float | None = None,
+    connect_timeout_s: float = 10.0,
+    on_connect: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Whenever ``client`` loses its broker, reconnect (:func:`connect_with_backoff`), then ``on_connect``.
+
+    Runs until cancelled; raises what :func:`connect_with_backoff` raises. A persistent session keeps
+    unacknowledged QoS 1 messages, which paho resends after the reconnect.
+    """
+    while True:
+        await client.disconnected.wait()
+        logger.warning("%s lost its broker connection; reconnecting", client.client_id)
+        await connect_with_backoff(
+            client,
+            initial_s=initial_s,
+            max_s=max_s,
+            deadline_s=deadline_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        if on_connect is not None:
+            await on_connect()

@@ -23,7 +23,7 @@ import logging
 import math
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -44,7 +44,7 @@ from coldtrace.contract.topics import (
     parse_gateway_command,
 )
 from coldtrace.device_formats import decode
-from coldtrace.mqtt import Message, MqttClient, MqttError, connect_with_backoff
+from coldtrace.mqtt import Message, MqttClient, MqttError, connect_with_backoff, reconnect_forever
 from coldtrace.profiles import PROFILES
 from edge_agent.deadletter import DeadLetter, DeadLetters
 from edge_agent.metrics import AgentMetrics, serve
@@ -202,7 +202,9 @@ class EdgeAgent:
         if self._deadletters is not None:
             self._deadletters.close()
 
-    async def _keep_connected(self, client: MqttClient, name: str, on_connect: Callable[[], Any]) -> None:
+    async def _keep_connected(
+        self, client: MqttClient, name: str, on_connect: Callable[[], Awaitable[None]]
+    ) -> None:
         s = self.settings
         await connect_with_backoff(client, initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s)
         logger.info("%s broker connected (%s:%s)", name, client.broker.host, client.broker.port)
@@ -215,7 +217,7 @@ class EdgeAgent:
             self._ingest_ready.set()
 
         await self._keep_connected(client, "local", subscribe)
-        supervisor = asyncio.create_task(self._reconnect_forever(client, "local", subscribe))
+        supervisor = self._stay_connected(client, subscribe)
         try:
             while True:
                 chunk = [await client.messages.get()]
@@ -225,11 +227,16 @@ class EdgeAgent:
         finally:
             supervisor.cancel()
 
-    async def _reconnect_forever(self, client: MqttClient, name: str, on_connect: Callable[[], Any]) -> None:
-        while True:
-            await client.disconnected.wait()
-            logger.warning("%s broker connection lost; reconnecting", name)
-            await self._keep_connected(client, name, on_connect)
+    def _stay_connected(
+        self, client: MqttClient, on_connect: Callable[[], Awaitable[None]]
+    ) -> asyncio.Task[None]:
+        s = self.settings
+        return asyncio.create_task(
+            reconnect_forever(
+                client, initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s, on_connect=on_connect
+            ),
+            name=f"reconnect-{client.client_id}",
+        )
 
     async def _handle(self, chunk: list[Message]) -> None:
         received = self.now_ms()
@@ -359,7 +366,7 @@ class EdgeAgent:
             counts[frame.batch_seq] = frame.reading_count
 
         await self._keep_connected(client, "cloud", subscribe)
-        supervisor = asyncio.create_task(self._reconnect_forever(client, "cloud", subscribe))
+        supervisor = self._stay_connected(client, subscribe)
         try:
             while True:
                 self._track_cloud(client)

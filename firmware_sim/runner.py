@@ -27,7 +27,15 @@ from pathlib import Path
 from paho.mqtt.reasoncodes import ReasonCode
 
 from coldtrace.contract.topics import device_uplink
-from coldtrace.mqtt import BrokerUrl, ConnectRefused, MqttClient, MqttError, TlsFiles, connect_with_backoff
+from coldtrace.mqtt import (
+    BrokerUrl,
+    ConnectRefused,
+    MqttClient,
+    MqttError,
+    TlsFiles,
+    connect_with_backoff,
+    reconnect_forever,
+)
 from firmware_sim.device import Emission
 from firmware_sim.fleet import Simulation
 from firmware_sim.truth import PublishKind
@@ -180,15 +188,13 @@ class _Links:
             raise failures.exceptions[0] from None  # one clear reason, not a group of the same
 
     async def _supervise(self, client: MqttClient) -> None:
-        # Reconnect a dropped link; paho resends unacknowledged QoS 1 messages of the session.
-        while True:
-            await client.disconnected.wait()
-            logger.warning("%s lost its broker connection; reconnecting", client.client_id)
-            try:
-                await connect_with_retry(client, self._config)
-            except MqttError as exc:
-                logger.error("%s gave up reconnecting: %s", client.client_id, exc)  # noqa: TRY400
-                return
+        try:
+            await reconnect_forever(
+                client, initial_s=self._config.backoff_initial_s, max_s=self._config.backoff_max_s,
+                deadline_s=self._config.connect_deadline_s, connect_timeout_s=self._config.connect_timeout_s,
+            )  # fmt: skip
+        except MqttError as exc:
+            logger.error("%s gave up reconnecting: %s", client.client_id, exc)  # noqa: TRY400
 
     async def close(self) -> None:
         """Stop supervising and disconnect every link."""
