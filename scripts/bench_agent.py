@@ -37,9 +37,7 @@ from firmware_sim.runner import ConnectionMode, RunConfig, run_fleet  # noqa: E4
 from firmware_sim.scenario import builtin_scenarios  # noqa: E402
 from firmware_sim.truth import Fate, SampleTruth, TruthWriter  # noqa: E402
 from scripts.bench import _machine, _write_section  # noqa: E402
-from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles  # noqa: E402
-
-AGENT_ACL = {"agent-gw-0": ("read ct/v1/dev/+/up", "write ct/v1/gw/gw-0/alert")}
+from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles, agent_acl  # noqa: E402
 
 
 def _tls(pki: Pki, role: Role, name: str) -> TlsFiles:
@@ -149,7 +147,7 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, float]]:
     tls = MosquittoTlsFiles(
         cafile=pki.ca_bundle_path, certfile=server.chain_path, keyfile=server.key_path, crlfile=pki.crl_path
     )
-    acl = {**DEFAULT_SERVICE_ACL, **AGENT_ACL}
+    acl = {**DEFAULT_SERVICE_ACL, **agent_acl("gw-0")}
     local = Mosquitto(Path("/usr/sbin/mosquitto"), tls, service_acl=acl, log_every_message=False)
     cloud = Mosquitto(Path("/usr/sbin/mosquitto"), tls, service_acl=acl, log_every_message=False)
     local.start()

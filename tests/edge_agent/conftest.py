@@ -10,12 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from certs.pki import IssuedIdentity, Pki, Role
-from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles
+from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles, agent_acl
 from tests.harness.services import require_binary
 
 GATEWAY = "gw-0"
 #: The agent's identity on its own broker: it reads every device and publishes local alerts.
-AGENT_ACL = {f"agent-{GATEWAY}": ("read ct/v1/dev/+/up", f"write ct/v1/gw/{GATEWAY}/alert")}
+AGENT_ACL = agent_acl(GATEWAY)
 
 
 def _broker(pki: Pki, server: IssuedIdentity) -> Mosquitto:

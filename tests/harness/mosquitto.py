@@ -42,6 +42,11 @@ DEFAULT_SERVICE_ACL: dict[str, tuple[str, ...]] = {
 }
 
 
+def agent_acl(gateway_id: str) -> dict[str, tuple[str, ...]]:
+    """The edge agent's grants on its gateway broker: read every device, publish local alerts."""
+    return {f"agent-{gateway_id}": ("read ct/v1/dev/+/up", f"write ct/v1/gw/{gateway_id}/alert")}
+
+
 @dataclass(frozen=True, slots=True)
 class MosquittoTlsFiles:
     """The broker's TLS material, as produced by the PKI.
