@@ -57,7 +57,7 @@ class _Sent:
 
 @dataclass(slots=True)
 class Windows:
-    """Sorted, non-overlapping-or-not time windows (ms); answers "is t inside any of them"."""
+    """Time windows in ms (sorted, may overlap); answers "is t inside any of them"."""
 
     spans: list[tuple[int, int]] = field(default_factory=list)
 
