@@ -56,17 +56,22 @@ def _round(run: Run, rng: random.Random) -> None:
     )  # fmt: skip
     assert child.stdout is not None
     lines = 0
+    killed = False
     try:
+        # Read to EOF even after the kill: the child runs ahead of the parent, and reports it wrote
+        # before dying are still in the pipe; missing them would understate what was committed.
         for line in child.stdout:
             kind, _, value = line.strip().partition(" ")
             if kind == "A":
                 run.committed = int(value)
+            if killed:
+                continue
             lines += 1
             if mode == "self" or lines < budget:
                 continue
             if mode == "lines" or line.startswith({"form": "F start", "ack": "K start"}[mode]):
                 child.send_signal(signal.SIGKILL)
-                break
+                killed = True
     finally:
         child.kill()  # no-op if already dead; never leave a child behind
         _, err = child.communicate()
