@@ -20,6 +20,9 @@ the legal name ``x.chain`` collide with the chain file of ``x``. Certificates ar
 and every file is written atomically (temp file created with O_EXCL and its final mode, then
 ``os.replace``). A name belongs to one role forever (compared case-insensitively), because the broker
 maps the certificate CN to the MQTT username and its ACLs.
+
+:meth:`Pki.sign_csr` certifies a key the CA never sees (a gateway enrolling itself): the identity
+directory then holds ``cert.pem`` and ``chain.pem`` but no ``key.pem``.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from __future__ import annotations
 import builtins
 import ipaddress
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from certs import crl as crl_mod
 from certs import issue as issue_mod
@@ -53,16 +59,79 @@ from certs.model import (
 )
 
 __all__ = [
+    "DEFAULT_LEAF_DAYS",
     "REVOCATION_REASONS",
     "CertificateInfo",
     "CrlInfo",
     "IssuedIdentity",
     "Pki",
     "Role",
+    "SignedCertificate",
+    "check_csr",
     "validate_name",
 ]
 
 REVOCATION_REASONS: tuple[str, ...] = tuple(crl_mod.REVOCATION_REASONS)
+#: Validity of a leaf certificate unless the caller says otherwise: 397 days, the CA/B Forum maximum
+#: for TLS server certificates, which a gateway also is (it hosts the warehouse broker).
+DEFAULT_LEAF_DAYS = 397
+# A CN longer than this is quoted only in part: the CSR comes from outside and messages reach logs.
+_QUOTE_MAX = 80
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCertificate:
+    """A certificate issued for a CSR; the private key stayed with the requester."""
+
+    role: Role
+    name: str
+    cert_pem: bytes  # the leaf
+    chain_pem: bytes  # leaf + issuing CA: what the holder presents in TLS
+    ca_bundle_pem: bytes  # issuing + root CA: what the holder trusts its peers by
+    cert_path: Path
+    chain_path: Path
+    serial: int
+    not_after: datetime  # tz-aware UTC
+    uri: str  # "urn:coldtrace:<role>:<name>"
+
+
+def check_csr(csr_pem: bytes, *, name: str) -> ec.EllipticCurvePublicKey:
+    """Check that a PEM CSR may be signed for ``name`` and return the key it asks to certify.
+
+    Refuses (InvalidOption) anything but an ECDSA P-256 key (the only algorithm of this PKI), a CSR
+    whose self-signature does not verify (no proof that the requester holds the private key), and a
+    subject without exactly one CN equal to ``name``. Everything else a CSR may ask for (extensions,
+    SANs, other subject attributes) is ignored: the CA alone decides what a certificate says.
+    """
+    validate_name(name)
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise InvalidOption(
+            "the certificate request is not a PEM CSR (-----BEGIN CERTIFICATE REQUEST-----)"
+        ) from exc
+    try:
+        key = csr.public_key()
+        signature_valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise InvalidOption(
+            "the CSR's key or signature algorithm is not supported: use an ECDSA P-256 key"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise InvalidOption("the CSR's key is not ECDSA P-256, the only key type this PKI certifies")
+    if not signature_valid:
+        raise InvalidOption(
+            "the CSR's signature does not verify: it was altered or not signed with its own key; "
+            "create the CSR again"
+        )
+    common_names = [attr.value for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if common_names != [name]:
+        shown = ", ".join(repr(str(cn)[:_QUOTE_MAX]) for cn in common_names) or "none"
+        raise InvalidOption(
+            f"the CSR's subject CN ({shown}) must be exactly {name!r}, the name being certified; "
+            "create the CSR again with that CN"
+        )
+    return key
 
 
 def _now() -> datetime:
@@ -180,7 +249,7 @@ class Pki:
         role: Role,
         name: str,
         *,
-        days: int = 397,
+        days: int = DEFAULT_LEAF_DAYS,
         dns_names: Sequence[str] = (),
         ip_addresses: Sequence[str] = (),
         force: bool = False,
@@ -204,6 +273,55 @@ class Pki:
             else:
                 save_index(self._layout, index)
         return self._identity(role, name, cert.serial_number, cert.not_valid_after_utc)
+
+    def sign_csr(
+        self,
+        csr_pem: bytes,
+        *,
+        role: Role,
+        name: str,
+        days: int | None = None,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+        force: bool = False,
+    ) -> SignedCertificate:
+        """Certify the key of a PEM CSR as ``role``/``name``; the private key never reaches the CA.
+
+        The CSR must pass :func:`check_csr` (P-256 key, valid self-signature, CN == ``name``). The
+        certificate has exactly the profile :meth:`issue` gives (CN, SAN URI, key usages, EKU of the
+        role); DNS/IP SANs come from the arguments, never from the CSR. ``days`` defaults to
+        :data:`DEFAULT_LEAF_DAYS`. Name ownership, ``force`` and the index behave as in :meth:`issue`;
+        a ``key.pem`` left by an earlier :meth:`issue` of the name is deleted, as it no longer matches.
+        """
+        role = coerce_role(role)
+        public_key = check_csr(csr_pem, name=name)
+        days = check_days(DEFAULT_LEAF_DAYS if days is None else days, "days")
+        dns = issue_mod.parse_dns_names(dns_names)
+        ips = issue_mod.parse_ip_addresses(ip_addresses)
+        layout = self._layout
+        with store.locked(layout):
+            index = load_index(layout)
+            cert, superseded = self._issue_locked(
+                index, role, name, days=days, dns=dns, ips=ips, force=force, public_key=public_key
+            )
+            if superseded:
+                self._write_crl_locked(index, index.crl_days)
+            else:
+                save_index(layout, index)
+            chain_pem = store.read_bytes(layout.chain(role.value, name))
+            ca_bundle_pem = store.read_bytes(layout.ca_bundle)
+        return SignedCertificate(
+            role=role,
+            name=name,
+            cert_pem=issue_mod.cert_pem(cert),
+            chain_pem=chain_pem,
+            ca_bundle_pem=ca_bundle_pem,
+            cert_path=layout.cert(role.value, name),
+            chain_path=layout.chain(role.value, name),
+            serial=cert.serial_number,
+            not_after=cert.not_valid_after_utc,
+            uri=identity_uri(role, name),
+        )
 
     def ensure_issued(
         self,
@@ -249,9 +367,12 @@ class Pki:
         dns: Sequence[str],
         ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
         force: bool,
+        public_key: ec.EllipticCurvePublicKey | None = None,
     ) -> tuple[x509.Certificate, bool]:
         """Issue one certificate into ``index`` (caller holds the lock and saves the index).
 
+        With ``public_key`` (a checked CSR's) that key is certified and no key file is written;
+        otherwise a fresh key is generated and stored beside the certificate.
         Returns the certificate and whether it superseded a live one (the CRL must be rewritten).
         """
         layout = self._layout
@@ -264,9 +385,12 @@ class Pki:
                 f"a {days}-day certificate would outlive the issuing CA (expires "
                 f"{issuer_cert.not_valid_after_utc:%Y-%m-%d}); use --days {left} or less"
             )
-        key = issue_mod.new_key()
+        key: ec.EllipticCurvePrivateKey | None = None
+        if public_key is None:
+            key = issue_mod.new_key()
+            public_key = key.public_key()
         cert = issue_mod.build_leaf(
-            key.public_key(),
+            public_key,
             role=role,
             name=name,
             org=index.org,
@@ -280,17 +404,18 @@ class Pki:
         store.ensure_dir(layout.issued_dir / role.value, store.PUBLIC_DIR_MODE)
         store.ensure_dir(layout.identity_dir(role.value, name), store.KEY_DIR_MODE)
         leaf_pem = issue_mod.cert_pem(cert)
-        store.write_files(
-            [
-                (layout.key(role.value, name), issue_mod.key_pem(key), store.KEY_MODE),
-                (layout.cert(role.value, name), leaf_pem, store.CERT_MODE),
-                (
-                    layout.chain(role.value, name),
-                    leaf_pem + issue_mod.cert_pem(issuer_cert),
-                    store.CERT_MODE,
-                ),
-            ]
-        )
+        files = [
+            (layout.cert(role.value, name), leaf_pem, store.CERT_MODE),
+            (layout.chain(role.value, name), leaf_pem + issue_mod.cert_pem(issuer_cert), store.CERT_MODE),
+        ]
+        if key is not None:
+            files.insert(0, (layout.key(role.value, name), issue_mod.key_pem(key), store.KEY_MODE))
+        store.write_files(files)
+        if key is None:
+            # The requester keeps its key; one left by an earlier `issue` would pair with the wrong cert.
+            stale = layout.key(role.value, name)
+            with store.filesystem("remove", stale):
+                stale.unlink(missing_ok=True)
         superseded = previous is not None and previous.revoked_at is None
         if previous is not None:
             previous.current = False

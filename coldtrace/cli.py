@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from certs.cli import app as certs_app
+from cloud_ingest.cli import app as cloud_app
 from coldtrace import __version__
 from coldtrace.contract_cli import app as contract_app
 from coldtrace.exitcodes import ExitCode
@@ -52,39 +53,19 @@ def _root(
     configure_logging(level=log_level, fmt=log_format)
 
 
-def _planned_group(name: str, summary: str, commands: dict[str, str], issue: int) -> typer.Typer:
-    """A role's command group whose commands are specified but not built yet (they exit 69)."""
-    group = typer.Typer(name=name, help=summary, no_args_is_help=True)
-    for command, text in commands.items():
-
-        def _not_built(command: str = command) -> None:
-            typer.secho(
-                f"`coldtrace {name} {command}` is not built yet (tracked in issue #{issue}).",
-                err=True,
-                fg=typer.colors.YELLOW,
-            )
-            raise typer.Exit(ExitCode.UNAVAILABLE)
-
-        group.command(command, help=f"{text} (not built yet: issue #{issue})")(_not_built)
-    return group
-
-
 app.add_typer(certs_app, name="certs", help="PKI: root and issuing CA, certificates, revocation, CRL.")
 app.add_typer(
     contract_app, name="contract", help="The wire contract: JSON Schema, inspect and verify frames."
 )
-app.add_typer(gateway_app, name="gateway", help="Gateway host: status now; enrollment and install next.")
+app.add_typer(
+    gateway_app, name="gateway", help="Gateway host: enrollment (key, CSR, certificate), install, status."
+)
 app.add_typer(
     agent_app, name="agent", help="Edge agent: ingest, normalise, bind, score, buffer, sign, forward."
 )
 app.add_typer(model_app, name="model", help="Anomaly models: train, sign, verify.")
 app.add_typer(
-    _planned_group(
-        "cloud",
-        "Cloud ingest: verify, dedupe, telemetry, alerts, holds, API.",
-        {"serve": "Serve the HTTPS API.", "worker": "Consume batches from the cloud broker."},
-        6,
-    )
+    cloud_app, name="cloud", help="Cloud ingest: workers, API, gateway registration, API keys, migrations."
 )
 app.add_typer(sim_app, name="sim", help="Fleet simulator: devices with physics, faults and named scenarios.")
 

@@ -54,6 +54,17 @@ class PublishRefused(MqttError):
         super().__init__(f"publish to {topic} refused: {reason} ({reason.value})")
 
 
+#: PUBACK reason 16: the broker took the message but no subscription matched, so it was dropped.
+#: Mosquitto 2.0.11 answers it after a restart until durable (shared) subscribers are back: for a
+#: message that must reach a consumer, that is "not delivered", not success.
+NO_MATCHING_SUBSCRIBERS = 16
+
+
+def reached_subscribers(reason: ReasonCode) -> bool:
+    """True when a QoS 1 PUBACK says the message was accepted and had somewhere to go."""
+    return not reason.is_failure and reason.value != NO_MATCHING_SUBSCRIBERS
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsFiles:
     """What a client presents and trusts for mutual TLS."""
@@ -377,18 +388,32 @@ async def reconnect_forever(
 ) -> None:
     """Whenever ``client`` loses its broker, reconnect (:func:`connect_with_backoff`), then ``on_connect``.
 
-    Runs until cancelled; raises what :func:`connect_with_backoff` raises. A persistent session keeps
-    unacknowledged QoS 1 messages, which paho resends after the reconnect.
+    Runs until cancelled. A persistent session keeps unacknowledged QoS 1 messages, which paho resends
+    after the reconnect. Once a client has been connected, a refusal is retried too (with capped,
+    jittered backoff): a broker that is stopping or starting closes connections before CONNACK, which
+    looks like a refusal, and a long-running service must not give up on that. A failed ``on_connect``
+    (say, a subscribe the broker did not answer) drops the link so the next round does it again.
+    With ``deadline_s``, an unreachable broker still ends the loop with BrokerUnreachable.
     """
+    delay = initial_s
     while True:
         await client.disconnected.wait()
         logger.warning("%s lost its broker connection; reconnecting", client.client_id)
-        await connect_with_backoff(
-            client,
-            initial_s=initial_s,
-            max_s=max_s,
-            deadline_s=deadline_s,
-            connect_timeout_s=connect_timeout_s,
-        )
-        if on_connect is not None:
-            await on_connect()
+        try:
+            await connect_with_backoff(
+                client,
+                initial_s=initial_s,
+                max_s=max_s,
+                deadline_s=deadline_s,
+                connect_timeout_s=connect_timeout_s,
+            )
+            if on_connect is not None:
+                await on_connect()
+        except (ConnectRefused, NotConnected, PublishRefused) as exc:
+            logger.warning("%s: %s; retrying in %.1f s", client.client_id, exc, delay)
+            if client.connected.is_set():
+                await client.disconnect()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not security
+            delay = min(max_s, delay * 2)
+        else:
+            delay = initial_s

@@ -33,6 +33,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
+from coldtrace.clock import wall_ms
 from coldtrace.contract import ContractError, FieldError, Flag, Reading, RejectCode
 from coldtrace.contract.topics import (
     ALL_DEVICE_UPLINKS,
@@ -44,7 +45,14 @@ from coldtrace.contract.topics import (
     parse_gateway_command,
 )
 from coldtrace.device_formats import decode
-from coldtrace.mqtt import Message, MqttClient, MqttError, connect_with_backoff, reconnect_forever
+from coldtrace.mqtt import (
+    Message,
+    MqttClient,
+    MqttError,
+    connect_with_backoff,
+    reached_subscribers,
+    reconnect_forever,
+)
 from coldtrace.profiles import PROFILES
 from edge_agent.deadletter import DeadLetter, DeadLetters
 from edge_agent.metrics import AgentMetrics, serve
@@ -68,11 +76,6 @@ DEFAULT_MODEL_KEY = DEFAULT_MODEL_DIR / "dev-signing-key.pub.pem"
 
 class AgentError(Exception):
     """A configuration or start-up problem the operator must fix; the message says how."""
-
-
-def wall_ms() -> int:
-    """Gateway wall-clock time, UTC milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -399,9 +402,11 @@ class EdgeAgent:
                 continue
             del in_flight[seq]
             error = future.exception()
-            if error is not None or future.result().is_failure:
-                logger.error("batch %s refused by the cloud broker: %s", seq, error or future.result())
-                await asyncio.sleep(self.settings.reconnect_initial_s)  # kept; resent next round
+            if error is not None or not reached_subscribers(future.result()):
+                # Refused, or dropped for want of a subscriber (a broker just restarted, the cloud's
+                # workers not yet back): the batch stays in the outbox and is resent next round.
+                logger.error("batch %s not delivered by the cloud broker: %s", seq, error or future.result())
+                await asyncio.sleep(self.settings.reconnect_initial_s)
                 continue
             await self._call(self.outbox.acknowledge, seq)
             sent = counts.pop(seq, 0)

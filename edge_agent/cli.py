@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
 from coldtrace.exitcodes import ExitCode
+from coldtrace.settings_cli import load_or_exit
 from edge_agent.agent import AgentError, EdgeAgent
 from edge_agent.outbox import OutboxError
 from edge_agent.settings import AgentSettings
@@ -25,20 +24,8 @@ _err = Console(stderr=True)
 
 
 def load_settings(config: Path | None) -> AgentSettings:
-    """Settings from ``config`` and the environment, or a clear error and exit 4."""
-    if config is not None and not config.is_file():
-        _err.print(f"[red]error:[/] config file {config} not found", soft_wrap=True)
-        raise typer.Exit(ExitCode.IO)
-    try:
-        return AgentSettings.load(config)
-    except tomllib.TOMLDecodeError as exc:
-        _err.print(f"[red]error:[/] {config} is not valid TOML: {exc}", soft_wrap=True, highlight=False)
-        raise typer.Exit(ExitCode.INVALID_INPUT) from exc
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            key = ".".join(str(p) for p in error["loc"])
-            _err.print(f"[red]error:[/] {config}: {key}: {error['msg']}", soft_wrap=True, highlight=False)
-        raise typer.Exit(ExitCode.INVALID_INPUT) from exc
+    """Settings from ``config`` and the environment, or a clear error and exit 3 or 4."""
+    return load_or_exit(AgentSettings, config)
 
 
 async def _run(agent: EdgeAgent) -> None:

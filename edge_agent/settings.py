@@ -8,57 +8,22 @@ invalid file names the key and the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from coldtrace.contract.limits import MAX_READINGS_PER_BATCH
 from coldtrace.contract.reading import ID_PATTERN
-from coldtrace.mqtt import BrokerUrl, TlsFiles
+from coldtrace.settings import BrokerSettings, TomlSettings
 
 
-class BrokerSettings(BaseModel):
-    """One MQTT broker and the identity the agent presents to it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str
-    """``mqtts://host:port`` (``mqtt://`` only for development)."""
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        BrokerUrl.parse(value)
-        return value
-
-    @property
-    def broker(self) -> BrokerUrl:
-        """The parsed URL."""
-        return BrokerUrl.parse(self.url)
-
-    @property
-    def tls(self) -> TlsFiles:
-        """The TLS files."""
-        return TlsFiles(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
-
-
-class AgentSettings(BaseSettings):
+class AgentSettings(TomlSettings):
     """Everything an operator may tune on a gateway."""
 
     model_config = SettingsConfigDict(
         env_prefix="COLDTRACE_AGENT_", env_nested_delimiter="__", extra="forbid"
     )
-    _toml_file: ClassVar[Path | None] = None
-
     gateway_id: Annotated[str, Field(pattern=ID_PATTERN)]
     site_id: Annotated[str, Field(pattern=ID_PATTERN)]
     state_dir: Path
@@ -95,28 +60,6 @@ class AgentSettings(BaseSettings):
     deadletter_max_rows: Annotated[int, Field(ge=100)] = 100_000
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files on a gateway
-        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - keys are files we name
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Precedence: explicit arguments, then the environment, then the TOML file."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
-        return tuple(sources)
-
-    @classmethod
-    def load(cls, path: Path | None) -> AgentSettings:
-        """Settings from ``path`` (TOML) with environment overrides."""
-        bound = type("AgentSettingsFromFile", (cls,), {"_toml_file": path})
-        settings = bound()
-        return cls.model_validate(settings.model_dump())
 
     @property
     def outbox_path(self) -> Path:

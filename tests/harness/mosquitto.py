@@ -35,7 +35,12 @@ ServiceAcl = Mapping[str, Sequence[str]]
 #: Privileged identities the tests use: an ingest worker that reads what devices and gateways send, and
 #: an operator identity with full access below ct/v1/. The lead finalises names and grants.
 DEFAULT_SERVICE_ACL: dict[str, tuple[str, ...]] = {
-    "svc-ingest": ("read ct/v1/dev/+/up", "read ct/v1/gw/+/batch", "read ct/v1/gw/+/status"),
+    "svc-ingest": (
+        "read ct/v1/dev/+/up",
+        "read ct/v1/gw/+/batch",
+        "read ct/v1/gw/+/status",
+        "write ct/v1/gw/+/cmd/#",
+    ),
     "svc-ops": ("readwrite ct/v1/#",),
     # The simulator's multiplexed load mode publishes for many devices over a few connections.
     "sim-loadgen": ("write ct/v1/dev/+/up",),

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the cloud workers and API, in one registry per process role."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Seconds buckets from a millisecond to a day: lag after an outage backfill is hours, not seconds.
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86_400)
+
+
+class CloudMetrics:
+    """Every number a cloud worker exposes (its own registry: tests run several in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.batches = Counter(
+            "coldtrace_cloud_batches", "Batches handled, by outcome", ["outcome"], registry=r
+        )
+        self.rejects = Counter(
+            "coldtrace_cloud_rejects", "Batches refused, by reason code", ["reason"], registry=r
+        )
+        self.readings = Counter(
+            "coldtrace_cloud_readings", "Readings stored (accepted) or dropped as duplicates", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.store_seconds = Histogram(
+            "coldtrace_cloud_store_seconds", "Time to verify and commit one batch", registry=r
+        )
+        self.lag_seconds = Histogram(
+            "coldtrace_cloud_lag_seconds", "Device time to stored, per reading", buckets=LAG_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.alerts_raised = Counter("coldtrace_cloud_alerts_raised", "Alerts raised by rules", registry=r)
+        self.holds_placed = Counter("coldtrace_cloud_holds_placed", "Holds placed by rules", registry=r)
+        self.glitches = Counter(
+            "coldtrace_cloud_glitches_flagged", "Isolated glitch-scored breaches flagged, not alerted",
+            registry=r,
+        )  # fmt: skip
+        self.chain_gaps = Counter(
+            "coldtrace_cloud_chain_gaps", "Gaps detected in gateways' batch chains", registry=r
+        )
+        self.spool_rows = Gauge(
+            "coldtrace_cloud_spool_rows", "Telemetry chunks waiting in the spool", registry=r
+        )
+        self.spool_points = Gauge(
+            "coldtrace_cloud_spool_points", "Telemetry points waiting in the spool", registry=r
+        )
+        self.telemetry_points = Counter(
+            "coldtrace_cloud_telemetry_points_written",
+            "Points confirmed by the time-series server",
+            registry=r,
+        )
+        self.telemetry_write_seconds = Histogram(
+            "coldtrace_cloud_telemetry_write_seconds",
+            "One write request to the time-series server",
+            registry=r,
+        )
+        self.telemetry_up = Gauge(
+            "coldtrace_cloud_telemetry_up",
+            "1 when the last write to the time-series server succeeded",
+            registry=r,
+        )
+        self.open_alerts = Gauge(
+            "coldtrace_cloud_open_alerts", "Alerts not closed, by condition", ["condition"], registry=r
+        )
+        self.active_holds = Gauge("coldtrace_cloud_active_holds", "Active holds", registry=r)
+        self.store_up = Gauge("coldtrace_cloud_store_up", "1 when the SQL database answers", registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

@@ -1,0 +1,428 @@
+"""The rule engine: advances breach runs, budgets and MKT for a batch's new readings, in SQL.
+
+Called inside the ingest transaction, after the batch's readings are stored, so an alert or hold
+commits with the readings that caused it or not at all. Per batch it does a handful of set-wise
+statements, not one per reading. Readings that arrive in device order advance the stored run state;
+a reading older than its device's newest (a backfill after an outage) makes the engine re-read that
+device's stored history from ``recompute_lookback_s`` before it and replay it, so the excursion's
+start is the true one. Only runs holding a new reading fire on replay, so history never re-raises
+an alert people already closed.
+
+Correlation: one incident, one alert. A budget or MKT breach on a subject that already has an open
+excursion alert is recorded on that alert's history instead of raising a second alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from sqlalchemy import Connection, and_, bindparam, func, select
+
+from cloud_ingest import alerts as alert_ops
+from cloud_ingest.alerts import AlertSpec, Severity, dedupe_key
+from cloud_ingest.db.tables import alert_events, alerts, budgets, mkt_buckets, readings, rule_state
+from cloud_ingest.db.upsert import BulkUpsert
+from cloud_ingest.holds import HoldSource, SubjectType, place_hold
+from cloud_ingest.rules.limits import THRESHOLD_RULES, RuleId, Threshold, thresholds_for
+from cloud_ingest.rules.mkt import HOUR_MS, boltzmann, hour_of, mkt_from_sums
+from cloud_ingest.rules.runs import Advance, Firing, RunState, Sample, advance
+from cloud_ingest.settings import RuleSettings
+from coldtrace.contract.reading import Flag
+from coldtrace.profiles import ProfileName
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RuleOutcome:
+    """What one batch's evaluation changed."""
+
+    alerts_raised: int = 0
+    holds_placed: int = 0
+    glitches_flagged: int = 0
+    replayed_devices: int = 0
+    alert_ids: list[int] = field(default_factory=list)
+
+
+def subjects_of(subject: str) -> list[tuple[SubjectType, str]]:
+    """``"shipment:S"`` or ``"lot:A,lot:B"`` as (type, id) pairs."""
+    out = []
+    for part in subject.split(","):
+        kind, _, ident = part.partition(":")
+        out.append((SubjectType(kind), ident))
+    return out
+
+
+class RuleEngine:
+    """Evaluates the rules of each reading's product profile; see the module docstring."""
+
+    def __init__(self, settings: RuleSettings) -> None:
+        self.settings = settings
+        self._thresholds = {p: thresholds_for(p, settings) for p in ProfileName}
+        self._gap_ms = round(settings.max_sample_gap_s * 1000)
+        self._lookback_ms = round(settings.recompute_lookback_s * 1000)
+
+    def is_glitch(self, flags: Sequence[str], anomaly_score: float | None) -> bool:
+        """The edge flagged the reading a glitch, or scored it at least ``glitch_score``."""
+        return Flag.GLITCH in flags or (anomaly_score or 0.0) >= self.settings.glitch_score
+
+    def threshold(self, rule_id: RuleId, sample: Sample) -> Threshold | None:
+        """The sample's profile's threshold for ``rule_id`` (None: unbound or not in the profile)."""
+        if sample.profile is None:
+            return None
+        return self._thresholds[sample.profile].get(rule_id)
+
+    # -- entry point -------------------------------------------------------------------------------
+    def apply(self, conn: Connection, samples: Sequence[Sample], *, now_ms: int) -> RuleOutcome:
+        """Evaluate ``samples`` (this batch's new, bound readings) and act on what they show."""
+        outcome = RuleOutcome()
+        by_device: dict[str, list[Sample]] = defaultdict(list)
+        for s in samples:
+            if s.profile is not None and s.subject is not None:
+                by_device[s.device_id].append(s)
+        if not by_device:
+            return outcome
+        states = self._load_states(conn, list(by_device))
+        firings: list[Firing] = []
+        endings = []
+        budget_add: dict[tuple[str, str], int] = defaultdict(int)
+        for device_id, new in by_device.items():
+            new.sort(key=lambda s: (s.t_ms, s.seq))
+            device_states = states[device_id]
+            newest = max((st.last_t_ms for st in device_states.values()), default=-1)
+            if new[0].t_ms <= newest:
+                series = self._history(conn, device_id, new)
+                device_states = {rule: RunState() for rule in THRESHOLD_RULES}
+                states[device_id] = device_states
+                outcome.replayed_devices += 1
+                prev_t = None
+            else:
+                series = new
+                prev_t = newest if newest >= 0 else None
+            for rule_id in THRESHOLD_RULES:
+                result: Advance = advance(
+                    device_states[rule_id], rule_id, partial(self.threshold, rule_id), series
+                )
+                firings += result.firings
+                endings += result.endings
+                outcome.glitches_flagged += result.glitches
+            self._budget(series, prev_t, budget_add)
+        self._save_states(conn, states)
+        for firing in firings:
+            self._fire(conn, firing, now_ms, outcome)
+        for ending in endings:
+            self._maybe_clear(conn, ending.rule_id, ending.subject, now_ms)
+        self._apply_budgets(conn, budget_add, samples, now_ms, outcome)
+        self._apply_mkt(conn, samples, now_ms, outcome)
+        return outcome
+
+    # -- run state ---------------------------------------------------------------------------------
+    def _load_states(self, conn: Connection, device_ids: list[str]) -> dict[str, dict[RuleId, RunState]]:
+        states: dict[str, dict[RuleId, RunState]] = {
+            d: {rule: RunState() for rule in THRESHOLD_RULES} for d in device_ids
+        }
+        rows = conn.execute(_LOAD_STATES, {"device_ids": device_ids})
+        for row in rows:
+            states[row.device_id][RuleId(row.rule_id)] = RunState(
+                last_t_ms=row.last_t_ms, start_ms=row.run_start_ms, last_ms=row.run_last_ms,
+                count=row.run_count, glitches=row.run_glitches, peak=row.run_peak or 0.0,
+                subject=row.subject, fired=row.fired, touched=False,
+            )  # fmt: skip
+        return states
+
+    def _save_states(self, conn: Connection, states: dict[str, dict[RuleId, RunState]]) -> None:
+        rows = [
+            {
+                "device_id": device_id,
+                "rule_id": rule_id.value,
+                "last_t_ms": st.last_t_ms,
+                "run_start_ms": st.start_ms,
+                "run_last_ms": st.last_ms,
+                "run_count": st.count,
+                "run_glitches": st.glitches,
+                "run_peak": st.peak,
+                "subject": st.subject,
+                "fired": st.fired,
+            }
+            for device_id, per_rule in states.items()
+            for rule_id, st in per_rule.items()
+            if st.last_t_ms >= 0
+        ]
+        _SAVE_STATES(conn, rows)
+
+    def _history(self, conn: Connection, device_id: str, new: list[Sample]) -> list[Sample]:
+        """The device's stored readings from the lookback on, with ``new`` marked as new."""
+        new_seqs = {s.seq for s in new}
+        template = {s.seq: s for s in new}
+        since = new[0].t_ms - self._lookback_ms
+        rows = conn.execute(
+            select(
+                readings.c.seq, readings.c.t_device_ms, readings.c.temperature_c, readings.c.humidity_pct,
+                readings.c.shock_g, readings.c.anomaly_score, readings.c.flags, readings.c.shipment_id,
+                readings.c.lot_ids,
+            )
+            .where(readings.c.device_id == device_id, readings.c.t_device_ms >= since)
+            .order_by(readings.c.t_device_ms, readings.c.seq)
+        )  # fmt: skip
+        profile = new[-1].profile
+        out = []
+        for row in rows:
+            if row.seq in template:
+                out.append(template[row.seq])
+                continue
+            glitch = self.is_glitch(row.flags.split(","), row.anomaly_score)
+            subject = subject_key(row.shipment_id, row.lot_ids.split(",") if row.lot_ids else [])
+            out.append(
+                Sample(
+                    device_id, row.seq, row.t_device_ms, row.temperature_c, row.humidity_pct, row.shock_g,
+                    glitch, subject, profile, new=row.seq in new_seqs,
+                )
+            )  # fmt: skip
+        return out
+
+    # -- alerts and holds ----------------------------------------------------------------------------
+    def _fire(self, conn: Connection, firing: Firing, now_ms: int, outcome: RuleOutcome) -> None:
+        rule = firing.rule
+        side = "above" if rule.upper else "below"
+        severity = Severity.CRITICAL if firing.critical else Severity.MAJOR
+        for subject_type, subject_id in subjects_of(firing.subject):
+            spec = AlertSpec(
+                rule_id=rule.rule_id, kind="excursion", subject_type=subject_type, subject_id=subject_id,
+                severity=severity, device_id=firing.device_id, started_ms=firing.started_ms,
+                title=f"{rule.quantity.removesuffix('_c').removesuffix('_pct').removesuffix('_g')} "
+                f"{side} {rule.limit:g} on {subject_type} {subject_id}",
+                detail={"limit": rule.limit, "value": firing.value, "peak_excess": firing.peak,
+                        "device_id": firing.device_id, "delay_ms": rule.delay_ms},
+            )  # fmt: skip
+            self._raise_and_hold(conn, spec, now_ms, outcome, hold=rule.places_hold)
+
+    def _raise_and_hold(
+        self, conn: Connection, spec: AlertSpec, now_ms: int, outcome: RuleOutcome, *, hold: bool = True
+    ) -> None:
+        alert_id, new = alert_ops.raise_alert(conn, spec, now_ms=now_ms)
+        if new:
+            outcome.alerts_raised += 1
+            outcome.alert_ids.append(alert_id)
+        if not hold:
+            return
+        _, placed = place_hold(
+            conn, subject_type=SubjectType(spec.subject_type), subject_id=spec.subject_id,
+            source=HoldSource.RULE, reason=spec.title, placed_by="rule:" + spec.rule_id,
+            now_ms=now_ms, alert_id=alert_id,
+        )  # fmt: skip
+        outcome.holds_placed += placed
+
+    def _maybe_clear(self, conn: Connection, rule_id: RuleId, subject: str, now_ms: int) -> None:
+        """Clear the subject's alert once no device of it still has a fired run of the rule."""
+        still = conn.execute(
+            select(func.count()).select_from(rule_state).where(
+                rule_state.c.rule_id == rule_id, rule_state.c.subject == subject, rule_state.c.fired,
+            )
+        ).scalar_one()  # fmt: skip
+        if still:
+            return
+        for subject_type, subject_id in subjects_of(subject):
+            alert_ops.clear_alert(conn, dedupe_key(rule_id, subject_type, subject_id), now_ms=now_ms)
+
+    def _correlated(self, conn: Connection, spec: AlertSpec, now_ms: int) -> bool:
+        """Record ``spec`` on an open excursion alert of its subject, if there is one."""
+        open_id = conn.execute(
+            select(alerts.c.id).where(
+                alerts.c.subject_type == spec.subject_type, alerts.c.subject_id == spec.subject_id,
+                alerts.c.kind == "excursion", alerts.c.workflow != alert_ops.Workflow.CLOSED,
+            ).limit(1)
+        ).scalar_one_or_none()  # fmt: skip
+        if open_id is None:
+            return False
+        already = conn.execute(
+            select(func.count()).select_from(alert_events).where(
+                alert_events.c.alert_id == open_id, alert_events.c.kind == spec.rule_id
+            )
+        ).scalar_one()  # fmt: skip
+        if not already:
+            conn.execute(
+                alert_events.insert().values(
+                    alert_id=open_id, at_ms=now_ms, kind=spec.rule_id, actor=alert_ops.SYSTEM_ACTOR,
+                    comment=spec.title,
+                )
+            )  # fmt: skip
+        return True
+
+    # -- cumulative budget ---------------------------------------------------------------------------
+    def _budget(self, series: list[Sample], prev_t: int | None, add: dict[tuple[str, str], int]) -> None:
+        """Out-of-range time of the new readings: each counts the time since the device's previous one.
+
+        A stored reading counted its gap from the reading stored before it at the time. When a late
+        batch lands in that gap (a replay), the stored reading's share shrinks by what the new
+        readings now cover, so the total stays what in-order arrival would have given.
+        """
+        prev = prev_t  # the reading before ``s`` now
+        prev_old = prev_t  # the reading before ``s`` among those stored before this batch
+        for s in series:
+            gap = 0 if prev is None else min(s.t_ms - prev, self._gap_ms)
+            if s.new:
+                if self._out_of_range(s):
+                    add[(s.subject, s.device_id)] += gap  # type: ignore[index]
+            else:
+                if prev != prev_old and self._out_of_range(s):
+                    counted = 0 if prev_old is None else min(s.t_ms - prev_old, self._gap_ms)
+                    add[(s.subject, s.device_id)] += gap - counted  # type: ignore[index]
+                prev_old = s.t_ms
+            prev = s.t_ms
+
+    def _out_of_range(self, s: Sample) -> bool:
+        """A temperature breach that counts against the budget (glitch-scored readings do not)."""
+        if s.glitch or s.subject is None or s.temperature_c is None or s.profile is None:
+            return False
+        rules = self._thresholds[s.profile]
+        high, low = rules.get(RuleId.TEMP_HIGH), rules.get(RuleId.TEMP_LOW)
+        return bool((high and high.excess(s.temperature_c)) or (low and low.excess(s.temperature_c)))
+
+    def _apply_budgets(
+        self, conn: Connection, add: dict[tuple[str, str], int], samples: Sequence[Sample], now_ms: int,
+        outcome: RuleOutcome,
+    ) -> None:  # fmt: skip
+        if not add:
+            return
+        rows = [{"subject": s, "device_id": d, "out_of_range_ms": ms} for (s, d), ms in add.items()]
+        _ADD_BUDGETS(conn, rows)
+        profiles = {s.subject: s.profile for s in samples if s.subject and s.profile}
+        subjects = sorted({s for s, _ in add})
+        over = conn.execute(
+            select(budgets.c.subject, func.max(budgets.c.out_of_range_ms).label("worst"))
+            .where(budgets.c.subject.in_(subjects))
+            .group_by(budgets.c.subject)
+        )
+        for row in over:
+            profile = profiles.get(row.subject)
+            if profile is None:
+                continue
+            limit_ms = round(self.settings.budget_s[profile] * 1000)
+            if row.worst <= limit_ms:
+                continue
+            for subject_type, subject_id in subjects_of(row.subject):
+                spec = AlertSpec(
+                    rule_id=RuleId.BUDGET, kind="budget", subject_type=subject_type, subject_id=subject_id,
+                    severity=Severity.MAJOR, started_ms=now_ms,
+                    title=f"time out of range {row.worst / 60000:.0f} min exceeds the {profile} budget "
+                    f"of {limit_ms / 60000:.0f} min on {subject_type} {subject_id}",
+                    detail={"out_of_range_ms": row.worst, "budget_ms": limit_ms},
+                )  # fmt: skip
+                if not self._correlated(conn, spec, now_ms):
+                    self._raise_and_hold(conn, spec, now_ms, outcome)
+
+    # -- mean kinetic temperature --------------------------------------------------------------------
+    def _apply_mkt(
+        self, conn: Connection, samples: Sequence[Sample], now_ms: int, outcome: RuleOutcome
+    ) -> None:
+        k = self.settings.mkt_activation_k
+        sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0, 0])
+        profiles: dict[str, ProfileName] = {}
+        for s in samples:
+            if s.subject is None or s.profile is None or s.temperature_c is None or s.glitch:
+                continue
+            for subject_type, subject_id in subjects_of(s.subject):
+                key = f"{subject_type}:{subject_id}"
+                bucket = sums[(key, hour_of(s.t_ms))]
+                bucket[0] += boltzmann(s.temperature_c, k)
+                bucket[1] += 1
+                profiles[key] = s.profile
+        if not sums:
+            return
+        rows = [{"subject": s, "hour_ms": h, "sum_exp": v[0], "n": int(v[1])} for (s, h), v in sums.items()]
+        _ADD_MKT(conn, rows)
+        totals = self._mkt_totals(conn, list(profiles))
+        values = {subject: mkt_from_sums(totals[subject][1], totals[subject][2], k) for subject in profiles}
+        # Only subjects with an open MKT alert can have one to clear: find them in one query.
+        clearable = self._open_alerts(
+            conn, [_mkt_dedupe(s) for s, p in profiles.items() if values[s] <= self.settings.mkt_max_c[p]]
+        )
+        for subject, profile in profiles.items():
+            newest = totals[subject][0]
+            value = values[subject]
+            limit = self.settings.mkt_max_c[profile]
+            subject_type, subject_id = subjects_of(subject)[0]
+            dedupe = _mkt_dedupe(subject)
+            if value <= limit:
+                if dedupe in clearable:
+                    alert_ops.clear_alert(conn, dedupe, now_ms=now_ms)
+                continue
+            spec = AlertSpec(
+                rule_id=RuleId.MKT, kind="mkt", subject_type=subject_type, subject_id=subject_id,
+                severity=Severity.MAJOR, started_ms=newest,
+                title=f"MKT {value:.2f} °C over {self.settings.mkt_window_h} h exceeds {limit:g} °C "
+                f"on {subject_type} {subject_id}",
+                detail={"mkt_c": value, "limit_c": limit, "window_h": self.settings.mkt_window_h},
+            )  # fmt: skip
+            if not self._correlated(conn, spec, now_ms):
+                self._raise_and_hold(conn, spec, now_ms, outcome)
+
+    def _mkt_totals(self, conn: Connection, subjects: list[str]) -> dict[str, tuple[int, float, int]]:
+        """Per subject: its newest hour and the sums over the MKT window that ends there (one query)."""
+        window_ms = self.settings.mkt_window_h * HOUR_MS
+        rows = conn.execute(_MKT_TOTALS, {"subjects": subjects, "window_ms": window_ms})
+        return {row[0]: (int(row[1]), float(row[2]), int(row[3])) for row in rows}
+
+    @staticmethod
+    def _open_alerts(conn: Connection, dedupe_keys: list[str]) -> set[str]:
+        """Which of ``dedupe_keys`` have an alert not closed (unlocked: ``clear_alert`` locks, re-reads)."""
+        if not dedupe_keys:
+            return set()
+        return set(conn.execute(_OPEN_ALERTS, {"keys": dedupe_keys}).scalars())
+
+
+def _mkt_dedupe(subject: str) -> str:
+    subject_type, subject_id = subjects_of(subject)[0]
+    return dedupe_key(RuleId.MKT, subject_type, subject_id)
+
+
+_STATE_COLUMNS = ("device_id", "rule_id", "last_t_ms", "run_start_ms", "run_last_ms", "run_count",
+                  "run_glitches", "run_peak", "subject", "fired")  # fmt: skip
+_SAVE_STATES = BulkUpsert(
+    rule_state, names=_STATE_COLUMNS, keys=("device_id", "rule_id"),
+    update=lambda ex: {c: ex[c] for c in _STATE_COLUMNS if c not in {"device_id", "rule_id"}},
+)  # fmt: skip
+_ADD_BUDGETS = BulkUpsert(
+    budgets, names=("subject", "device_id", "out_of_range_ms"), keys=("subject", "device_id"),
+    update=lambda ex: {"out_of_range_ms": budgets.c.out_of_range_ms + ex.out_of_range_ms},
+)  # fmt: skip
+_ADD_MKT = BulkUpsert(
+    mkt_buckets, names=("subject", "hour_ms", "sum_exp", "n"), keys=("subject", "hour_ms"),
+    update=lambda ex: {"sum_exp": mkt_buckets.c.sum_exp + ex.sum_exp, "n": mkt_buckets.c.n + ex.n},
+)  # fmt: skip
+_LOAD_STATES = (
+    select(rule_state)
+    .where(rule_state.c.device_id.in_(bindparam("device_ids", expanding=True)))
+    .with_for_update()
+)
+_NEWEST_MKT = (
+    select(mkt_buckets.c.subject, func.max(mkt_buckets.c.hour_ms).label("newest"))
+    .where(mkt_buckets.c.subject.in_(bindparam("subjects", expanding=True)))
+    .group_by(mkt_buckets.c.subject)
+    .subquery()
+)
+_NEWEST = _NEWEST_MKT.c
+_MKT_TOTALS = (
+    select(_NEWEST.subject, _NEWEST.newest, func.sum(mkt_buckets.c.sum_exp), func.sum(mkt_buckets.c.n))
+    .join_from(_NEWEST_MKT, mkt_buckets, and_(
+        mkt_buckets.c.subject == _NEWEST.subject,
+        mkt_buckets.c.hour_ms > _NEWEST.newest - bindparam("window_ms"),
+    ))
+    .group_by(_NEWEST.subject, _NEWEST.newest)
+)  # fmt: skip
+_OPEN_ALERTS = select(alerts.c.dedupe_key).where(
+    alerts.c.dedupe_key.in_(bindparam("keys", expanding=True)), alerts.c.workflow != alert_ops.Workflow.CLOSED
+)
+
+
+def subject_key(shipment_id: str | None, lot_ids: Sequence[str]) -> str | None:
+    """The subject a reading's excursion is about: its shipment, else its lots, else None."""
+    if shipment_id is not None:
+        return f"shipment:{shipment_id}"
+    if lot_ids:
+        return ",".join(f"lot:{lot}" for lot in lot_ids)
+    return None

@@ -1,0 +1,138 @@
+"""Rules through the ingest transaction: one incident, one alert and one hold, in event time."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, select
+
+from cloud_ingest.db.tables import alert_events, alerts, budgets, holds, outbox_events
+from cloud_ingest.ingest import Ingestor, Outcome
+from cloud_ingest.metrics import CloudMetrics
+from cloud_ingest.settings import CloudSettings
+from coldtrace.contract.reading import Flag
+from tests.cloud_ingest.builders import MINUTE, T0, GatewaySim, add_shipment, reading, series
+
+NOW = T0 + 48 * 3_600_000
+
+
+@pytest.fixture
+def cloud(engine: Engine) -> tuple[Ingestor, GatewaySim]:
+    add_shipment(engine, "SHP-1", ("LOT-1", "LOT-2"))
+    gw = GatewaySim()
+    gw.register(engine)
+    return Ingestor(engine, CloudSettings(), metrics=CloudMetrics(), clock=lambda: NOW), gw
+
+
+def send_all(ingestor: Ingestor, gw: GatewaySim, readings: list, per_batch: int = 10) -> None:  # type: ignore[type-arg]
+    for i in range(0, len(readings), per_batch):
+        result = ingestor.ingest(gw.frame(readings[i : i + per_batch]), topic_gateway="gw-1", identity="gw-1",
+                                 transport="mqtt")  # fmt: skip
+        assert result.outcome is Outcome.ACCEPTED
+
+
+def rows(engine: Engine, table):  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(select(table).order_by(table.c.id)).all()
+
+
+def test_a_sustained_excursion_raises_one_alert_and_one_hold_with_its_true_start(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim]
+) -> None:
+    ingestor, gw = cloud
+    lots = ("LOT-1", "LOT-2")
+    # Three sensors in one reefer; two see the warm-up from minute 10, one stays cold.
+    temps = [5.0] * 10 + [9.0 + 0.1 * i for i in range(40)] + [6.0] * 5
+    readings = [r for d in ("a", "b") for r in series(f"dev-{d}", temps, lot_ids=lots)]
+    readings += list(series("dev-c", [5.0] * 55, lot_ids=lots))
+    send_all(ingestor, gw, readings)
+
+    found = rows(engine, alerts)
+    assert [(a.rule_id, a.subject_type, a.subject_id) for a in found] == [("temp_high", "shipment", "SHP-1")]
+    alert = found[0]
+    assert alert.started_ms == T0 + 10 * MINUTE
+    assert alert.condition == "cleared"  # back in range at minute 50, still latched for people
+    assert alert.workflow == "unacknowledged"
+    placed = rows(engine, holds)
+    assert [(h.subject_type, h.subject_id, h.source, h.alert_id) for h in placed] == [
+        ("shipment", "SHP-1", "rule", alert.id)
+    ]
+    with engine.connect() as conn:
+        topics = conn.execute(select(outbox_events.c.topic)).scalars().all()
+        budget = conn.execute(
+            select(budgets.c.out_of_range_ms).where(budgets.c.device_id == "dev-a")
+        ).scalar_one()
+        history = (
+            conn.execute(select(alert_events.c.kind).where(alert_events.c.alert_id == alert.id))
+            .scalars()
+            .all()
+        )
+    assert "hold.placed" in topics
+    assert "alert.raised" in topics
+    assert budget == 40 * MINUTE
+    assert "budget" not in history  # 40 min out of range is within the 60-min vaccines budget
+
+
+def test_a_glitch_storm_holds_nothing(engine: Engine, cloud: tuple[Ingestor, GatewaySim]) -> None:
+    ingestor, gw = cloud
+    readings = []
+    for i in range(200):
+        spike = i % 7 == 3
+        readings.append(
+            reading("dev-g", i + 1, T0 + i * MINUTE, 30.0 if spike else 5.0, lot_ids=("LOT-1",),
+                    score=0.97 if spike else 0.02, flags=(Flag.GLITCH,) if spike else ())
+        )  # fmt: skip
+    send_all(ingestor, gw, readings, per_batch=25)
+    assert rows(engine, alerts) == []
+    assert rows(engine, holds) == []
+    # 29 spikes; the last is the newest reading, so whether it stays isolated is not known yet.
+    assert ingestor.metrics.registry.get_sample_value("coldtrace_cloud_glitches_flagged_total") == 28
+
+
+def test_a_backfilled_outage_alerts_with_the_true_start(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim]
+) -> None:
+    ingestor, gw = cloud
+    # The gateway was cut off from minute 10 to 60; after reconnecting it sends live readings first,
+    # then the backlog - which holds a 30-minute excursion starting at minute 20.
+    before = list(series("dev-a", [5.0] * 10))
+    outage = list(
+        series("dev-a", [5.0] * 10 + [11.0] * 30 + [5.0] * 10, start_ms=T0 + 10 * MINUTE, first_seq=11)
+    )
+    live = list(series("dev-a", [5.0] * 5, start_ms=T0 + 60 * MINUTE, first_seq=61))
+    send_all(ingestor, gw, before + live + [r.model_copy(update={"flags": (Flag.BACKFILL,)}) for r in outage])
+    found = rows(engine, alerts)
+    assert len(found) == 1
+    assert found[0].started_ms == T0 + 20 * MINUTE
+    assert found[0].condition == "cleared"
+    assert len(rows(engine, holds)) == 1
+
+
+def test_readings_without_a_registered_profile_are_stored_but_raise_nothing(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim]
+) -> None:
+    ingestor, gw = cloud
+    send_all(ingestor, gw, list(series("dev-x", [30.0] * 30, shipment_id="SHP-UNKNOWN", lot_ids=())))
+    assert rows(engine, alerts) == []
+
+
+def _budget_after(engine: Engine, ingestor: Ingestor, gw: GatewaySim, order: list[int]) -> int:
+    # Three batches of ten minutes each, all out of range; sent in ``order``.
+    temps = [9.0] * 30
+    readings = list(series("dev-o", temps, lot_ids=("LOT-1",)))
+    frames = [gw.frame(readings[i : i + 10]) for i in range(0, 30, 10)]
+    for index in order:
+        result = ingestor.ingest(frames[index], topic_gateway="gw-1", identity="gw-1", transport="mqtt")
+        assert result.outcome is Outcome.ACCEPTED
+    with engine.connect() as conn:
+        return int(
+            conn.execute(select(budgets.c.out_of_range_ms).where(budgets.c.device_id == "dev-o")).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [0, 2, 1], [2, 1, 0], [1, 2, 0]])
+def test_the_out_of_range_budget_does_not_depend_on_arrival_order(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim], order: list[int]
+) -> None:
+    ingestor, gw = cloud
+    # 30 readings a minute apart: 29 minutes between the first and the last.
+    assert _budget_after(engine, ingestor, gw, order) == 29 * MINUTE
