@@ -10,9 +10,10 @@ backoff and acknowledges nothing, so the broker keeps everything it has not ackn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from cloud_ingest.ingest import Ingestor, IngestResult, StoreUnavailable
+from cloud_ingest.ingest import Checked, Inbound, Ingestor, IngestResult, StoreUnavailable
 from cloud_ingest.settings import BrokerSettings
 from cloud_ingest.telemetry import Backoff
 from cloud_ingest.verify import IngestReject, Rejected
@@ -32,6 +33,8 @@ class BatchConsumer:
         self.client = MqttClient(
             client_id=client_id, broker=settings.broker, tls=settings.tls, clean_start=False,
             session_expiry_s=settings.session_expiry_s, manual_ack=True,
+            # Room for the group being stored and the next one, which is verified meanwhile.
+            receive_maximum=min(65535, 2 * settings.group_max_frames),
         )  # fmt: skip
         self.subscribed = asyncio.Event()
         self.handled = 0
@@ -41,21 +44,28 @@ class BatchConsumer:
         self.subscribed.set()
 
     async def handle(self, message: Message) -> IngestResult:
-        """Ingest one message and acknowledge it (what :meth:`run` does, one message at a time)."""
-        result = await self.process(message)
+        """Ingest one message and acknowledge it (what :meth:`run` does for a group of one)."""
+        [result] = await self.process([message])
         self._ack(message)
         return result
 
-    async def process(self, message: Message) -> IngestResult:
-        """Ingest one message, retrying while the database is down; does not acknowledge it."""
+    async def process(self, group: list[Message]) -> list[IngestResult]:
+        """Ingest a group in one transaction, retrying while the database is down; acknowledges nothing.
+
+        If a group of several fails to store, its messages are retried one by one, so a frame the
+        database cannot take holds back only itself.
+        """
         backoff = Backoff(initial_s=0.2, max_s=10.0)
         while True:
             try:
-                return await asyncio.to_thread(self._ingest, message)
+                return await asyncio.to_thread(self._ingest, group)
             except StoreUnavailable as exc:
+                if len(group) > 1:
+                    logger.warning("%s; storing the %d batches of the group one by one", exc, len(group))
+                    return [result for m in group for result in await self.process([m])]
                 delay = backoff.next_delay()
                 logger.warning(
-                    "%s; holding batch on %s unacknowledged, retry in %.1f s", exc, message.topic, delay
+                    "%s; holding batch on %s unacknowledged, retry in %.1f s", exc, group[0].topic, delay
                 )
                 await asyncio.sleep(delay)
 
@@ -63,19 +73,21 @@ class BatchConsumer:
         message.ack()
         self.handled += 1
 
-    def _ingest(self, message: Message) -> IngestResult:
-        try:
-            gateway_id = parse_gateway_batch(message.topic)
-        except ContractError as exc:
-            rejected = Rejected(IngestReject.BAD_TOPIC, str(exc))
-            return self.ingestor.reject(
-                message.payload, rejected, identity=None, topic_gateway=None, transport="mqtt",
-                received_ms=self.ingestor.now_ms(),
-            )  # fmt: skip
-        # The broker's ACL lets only the certificate named in the topic publish there.
-        return self.ingestor.ingest(
-            message.payload, topic_gateway=gateway_id, identity=gateway_id, transport="mqtt"
-        )
+    def _ingest(self, group: list[Message]) -> list[IngestResult]:
+        return self.ingestor.ingest_many([_inbound(m) for m in group], transport="mqtt")
+
+    def _next_group(self, first: Message) -> list[Message]:
+        """``first`` and whatever else has arrived, within the group limits, in arrival order."""
+        group, size = [first], len(first.payload)
+        queue = self.client.messages
+        while len(group) < self.settings.group_max_frames and size < self.settings.group_max_bytes:
+            try:
+                message = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            group.append(message)
+            size += len(message.payload)
+        return group
 
     async def run(self) -> None:
         """Connect, subscribe and consume until cancelled."""
@@ -87,33 +99,44 @@ class BatchConsumer:
                 reconnect_forever(self.client, initial_s=0.5, max_s=15.0, on_connect=self._subscribe),
                 name=f"{self.client.client_id}-reconnect",
             )
-            # Up to max_in_flight batches are stored at once (their transactions overlap the
-            # database's commit waits); one gateway's batches stay in order, each after the one
-            # before, and PUBACKs go out in the order the batches arrived, as MQTT asks.
-            in_order: asyncio.Queue[tuple[Message, asyncio.Task[IngestResult]]] = asyncio.Queue(
-                maxsize=self.settings.max_in_flight
-            )
-            tg.create_task(self._acknowledge(in_order), name=f"{self.client.client_id}-acks")
-            last_of: dict[str, asyncio.Task[IngestResult]] = {}
+            # One group is stored at a time, so one gateway's batches are stored in order, and
+            # PUBACKs go out in the order the batches arrived, as MQTT asks, each after its commit.
+            # The next group is verified (CPU) while the previous one commits (mostly waiting).
+            storing: asyncio.Task[None] | None = None
             while True:
-                message = await self.client.messages.get()
-                task = tg.create_task(self._after(last_of.get(message.topic), message))
-                last_of[message.topic] = task
-                await in_order.put((message, task))
-                if len(last_of) > 4 * self.settings.max_in_flight:
-                    last_of = {t: k for t, k in last_of.items() if not k.done()}
+                group = self._next_group(await self.client.messages.get())
+                checked = await self._check(group)
+                if storing is not None:
+                    await storing
+                storing = tg.create_task(self._store_and_ack(group, checked))
 
-    async def _after(self, before: asyncio.Task[IngestResult] | None, message: Message) -> IngestResult:
-        if before is not None:
-            await asyncio.wait([before])
-        return await self.process(message)
+    async def _check(self, group: list[Message]) -> Checked | None:
+        """The group verified, or None when that needs the database and it is down."""
+        try:
+            return await asyncio.to_thread(self.ingestor.check, [_inbound(m) for m in group])
+        except StoreUnavailable:
+            return None
 
-    async def _acknowledge(self, in_order: asyncio.Queue[tuple[Message, asyncio.Task[IngestResult]]]) -> None:
-        while True:
-            message, task = await in_order.get()
-            await task
+    async def _store_and_ack(self, group: list[Message], checked: Checked | None) -> None:
+        stored = False
+        if checked is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.to_thread(self.ingestor.store, checked, transport="mqtt")
+                stored = True
+        if not stored:
+            await self.process(group)  # retries, with backoff, until the database is back
+        for message in group:
             self._ack(message)
 
     async def close(self) -> None:
         """Disconnect (unacknowledged messages stay with the session on the broker)."""
         await self.client.disconnect()
+
+
+def _inbound(message: Message) -> Inbound:
+    try:
+        gateway_id = parse_gateway_batch(message.topic)
+    except ContractError as exc:
+        return Inbound(message.payload, None, None, refused=Rejected(IngestReject.BAD_TOPIC, str(exc)))
+    # The broker's ACL lets only the certificate named in the topic publish there.
+    return Inbound(message.payload, topic_gateway=gateway_id, identity=gateway_id)

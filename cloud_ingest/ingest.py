@@ -21,7 +21,7 @@ import enum
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -84,14 +85,108 @@ class IngestResult:
     batch_seq: int | None = None
     readings_new: int = 0
     readings_duplicate: int = 0
-    alerts_raised: int = 0
-    holds_placed: int = 0
     reason: IngestReject | None = None
     detail: str = ""
 
 
 class StoreUnavailable(Exception):
     """The SQL database cannot be reached: do not acknowledge; the frame must be offered again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A frame as a transport received it: the topic's gateway and the sender's verified identity."""
+
+    frame: bytes
+    topic_gateway: str | None
+    identity: str | None
+    refused: Rejected | None = None
+    """Set when the transport already refused the frame (an unparsable topic): only dead-lettered."""
+
+
+@dataclass(slots=True)
+class Checked:
+    """Frames after verification, which needs no transaction: what :meth:`Ingestor.store` takes."""
+
+    frames: Sequence[Inbound]
+    good: list[tuple[int, Verified]]
+    refused: list[tuple[int, Rejected]]
+    received_ms: int
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    frame_hash: str
+    prev_hash: str
+
+
+@dataclass(slots=True)
+class _Chain:
+    """One transaction's view of its gateways' chains: the locked rows, the stored neighbours of each
+    frame, and the frames accepted so far in the transaction."""
+
+    gateways: dict[str, Any]
+    revoked_keys: set[str]
+    links: dict[tuple[str, int], _Link]
+    head_seq: dict[str, int]
+    head_hash: dict[str, str]
+
+    @classmethod
+    def load(cls, conn: Connection, frames: list[Verified]) -> _Chain:
+        """Lock the frames' gateway rows (in id order, so two workers cannot deadlock) and read."""
+        ids = sorted({v.batch.gateway_id for v in frames})
+        rows = {
+            row.gateway_id: row
+            for row in conn.execute(
+                select(gateways).where(gateways.c.gateway_id.in_(ids)).order_by(gateways.c.gateway_id)
+                .with_for_update()
+            )
+        }  # fmt: skip
+        revoked = set(
+            conn.execute(
+                select(gateway_keys.c.key_id).where(
+                    gateway_keys.c.key_id.in_(sorted({v.key_id.hex() for v in frames})),
+                    gateway_keys.c.revoked_ms.is_not(None),
+                )
+            ).scalars()
+        )
+        near = sorted({(v.batch.gateway_id, v.batch.batch_seq + d) for v in frames for d in (-1, 0, 1)})
+        links = {
+            (row.gateway_id, row.batch_seq): _Link(row.frame_hash, row.prev_hash)
+            for row in conn.execute(
+                select(batches.c.gateway_id, batches.c.batch_seq, batches.c.frame_hash, batches.c.prev_hash)
+                .where(tuple_(batches.c.gateway_id, batches.c.batch_seq).in_(near))
+            )
+        }  # fmt: skip
+        return cls(
+            gateways=rows, revoked_keys=revoked, links=links,
+            head_seq={gw: row.head_seq for gw, row in rows.items()},
+            head_hash={gw: row.head_hash for gw, row in rows.items()},
+        )  # fmt: skip
+
+    def accept(self, v: Verified) -> None:
+        """``v`` is stored in this transaction: later frames chain against it."""
+        gw, seq = v.batch.gateway_id, v.batch.batch_seq
+        self.links[(gw, seq)] = _Link(v.frame_hash, v.batch.prev_hash)
+        if seq > self.head_seq[gw]:
+            self.head_seq[gw], self.head_hash[gw] = seq, v.frame_hash
+
+    def save(self, conn: Connection, *, accepted: list[tuple[Verified, int]], received_ms: int) -> None:
+        """Move each gateway's head and counters for the frames accepted (with their new readings)."""
+        per_gateway: dict[str, list[int]] = {}
+        for v, new in accepted:
+            totals = per_gateway.setdefault(v.batch.gateway_id, [0, 0])
+            totals[0] += 1
+            totals[1] += new
+        for gw, (frames, new) in per_gateway.items():
+            conn.execute(
+                update(gateways).where(gateways.c.gateway_id == gw).values(
+                    last_seen_ms=received_ms, head_seq=self.head_seq[gw], head_hash=self.head_hash[gw],
+                    batches_accepted=gateways.c.batches_accepted + frames,
+                    readings_accepted=gateways.c.readings_accepted + new,
+                )
+            )  # fmt: skip
 
 
 # PostgreSQL: the batch's readings in one statement (see insert_from_json), new keys returned.
@@ -148,25 +243,71 @@ class Ingestor:
     # -- entry point -------------------------------------------------------------------------------
     def ingest(self, frame: bytes, *, topic_gateway: str, identity: str, transport: str) -> IngestResult:
         """Verify and store one frame. Raises StoreUnavailable only; every refusal is a result."""
+        return self.ingest_many([Inbound(frame, topic_gateway, identity)], transport=transport)[0]
+
+    def ingest_many(self, frames: Sequence[Inbound], *, transport: str) -> list[IngestResult]:
+        """Verify ``frames`` and store the good ones in one transaction; a result for each, in order.
+
+        Storing many frames in one transaction is what lets a worker keep up with a backlog: the
+        per-transaction and per-statement costs are paid once for all of them. Raises
+        StoreUnavailable only (then nothing of the group was stored); every refusal is a result.
+        """
+        return self.store(self.check(frames), transport=transport)
+
+    def check(self, frames: Sequence[Inbound]) -> Checked:
+        """Verify each frame (identity, key, signature, schema): CPU work outside any transaction.
+
+        A worker checks the next group while the previous one commits. Raises StoreUnavailable when
+        a key must be read from the database and cannot be.
+        """
         started = time.perf_counter()
-        received_ms = self._clock()
+        checked = Checked(frames, good=[], refused=[], received_ms=self._clock(), started=started)
         try:
-            verified = verify(
-                frame, topic_gateway=topic_gateway, identity=identity, keys=self.keys, limits=self.limits
-            )
-            result = self._store(verified, received_ms=received_ms, transport=transport)
-        except Rejected as exc:
-            result = self.reject(
-                frame, exc, identity=identity, topic_gateway=topic_gateway, transport=transport,
-                received_ms=received_ms,
-            )  # fmt: skip
+            for i, f in enumerate(frames):
+                if f.refused is not None or f.topic_gateway is None or f.identity is None:
+                    checked.refused.append((i, f.refused or Rejected(IngestReject.BAD_TOPIC, "no topic")))
+                    continue
+                try:
+                    v = verify(f.frame, topic_gateway=f.topic_gateway, identity=f.identity, keys=self.keys,
+                               limits=self.limits)  # fmt: skip
+                except Rejected as exc:
+                    checked.refused.append((i, exc))
+                else:
+                    checked.good.append((i, v))
+        except (OperationalError, DBAPIError) as exc:
+            self.metrics.store_up.set(0)
+            raise StoreUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+        return checked
+
+    def store(self, checked: Checked, *, transport: str) -> list[IngestResult]:
+        """Store checked frames in one transaction and dead-letter the refused; a result for each."""
+        frames = checked.frames
+        results: list[IngestResult | None] = [None] * len(frames)
+        refused = list(checked.refused)
+        try:
+            if checked.good:
+                stored, refused_in_store = self._store(
+                    checked.good, received_ms=checked.received_ms, transport=transport
+                )
+                for i, result in stored.items():
+                    results[i] = result
+                refused += refused_in_store
+            for i, why in refused:
+                f = frames[i]
+                results[i] = self.reject(
+                    f.frame, why, identity=f.identity, topic_gateway=f.topic_gateway, transport=transport,
+                    received_ms=checked.received_ms,
+                )  # fmt: skip
         except (OperationalError, DBAPIError) as exc:
             self.metrics.store_up.set(0)
             raise StoreUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
         self.metrics.store_up.set(1)
-        self.metrics.batches.labels(result.outcome.value).inc()
-        self.metrics.store_seconds.observe(time.perf_counter() - started)
-        return result
+        done = [r for r in results if r is not None]
+        assert len(done) == len(frames), "every frame gets a result"  # noqa: S101 - an invariant
+        for r in done:
+            self.metrics.batches.labels(r.outcome.value).inc()
+        self.metrics.store_seconds.observe(time.perf_counter() - checked.started)
+        return done
 
     def reject(
         self, frame: bytes, exc: Rejected, *, identity: str | None, topic_gateway: str | None, transport: str,
@@ -195,69 +336,72 @@ class Ingestor:
         )
 
     # -- the transaction ---------------------------------------------------------------------------
-    def _store(self, v: Verified, *, received_ms: int, transport: str) -> IngestResult:
-        batch = v.batch
-        gw = batch.gateway_id
-        seq = batch.batch_seq
+    def _store(
+        self, good: list[tuple[int, Verified]], *, received_ms: int, transport: str
+    ) -> tuple[dict[int, IngestResult], list[tuple[int, Rejected]]]:
+        """Store verified frames in one transaction: results by index, and those refused here."""
+        results: dict[int, IngestResult] = {}
+        refused: list[tuple[int, Rejected]] = []
         with self.engine.begin() as conn:
-            gateway = conn.execute(
-                select(gateways).where(gateways.c.gateway_id == gw).with_for_update()
-            ).one_or_none()
-            key_revoked = conn.execute(
-                select(gateway_keys.c.revoked_ms).where(gateway_keys.c.key_id == v.key_id.hex())
-            ).scalar_one_or_none()
-            if gateway is None or gateway.status != "active" or key_revoked is not None:
-                raise Rejected(
-                    IngestReject.REVOKED if gateway is not None else IngestReject.UNKNOWN_GATEWAY,
-                    f"gateway {gw!r} or its key {v.key_id.hex()} is revoked: batches are refused",
-                    gateway_id=gw,
-                )
-            duplicate = self._check_chain(conn, v, head_seq=gateway.head_seq, received_ms=received_ms)
-            if duplicate:
-                self.metrics.readings.labels("duplicate").inc(len(batch.readings))
-                return IngestResult(Outcome.DUPLICATE, gw, seq, readings_duplicate=len(batch.readings))
-            new = self._store_readings(conn, v, received_ms=received_ms, transport=transport)
+            chain = _Chain.load(conn, [v for _, v in good])
+            accepted: list[tuple[int, Verified]] = []
+            for i, v in good:
+                try:
+                    duplicate = self._check_chain(conn, chain, v, received_ms=received_ms)
+                except Rejected as exc:
+                    refused.append((i, exc))
+                    continue
+                if duplicate:
+                    n = len(v.batch.readings)
+                    self.metrics.readings.labels("duplicate").inc(n)
+                    results[i] = IngestResult(
+                        Outcome.DUPLICATE, v.batch.gateway_id, v.batch.batch_seq, readings_duplicate=n
+                    )
+                else:
+                    accepted.append((i, v))
+            if not accepted:
+                return results, refused
+            new_of = self._store_readings(conn, [v for _, v in accepted], received_ms=received_ms,
+                                          transport=transport)  # fmt: skip
+            new = [r for readings_of_frame in new_of for r in readings_of_frame]
             self.resolve_profiles(conn, new)
             outcome = self.rules.apply(conn, [self._sample(r) for r in new], now_ms=received_ms)
-            self._spool(conn, v, new, received_ms=received_ms)
-            head = seq > gateway.head_seq
-            conn.execute(
-                update(gateways).where(gateways.c.gateway_id == gw).values(
-                    last_seen_ms=received_ms,
-                    head_seq=seq if head else gateway.head_seq,
-                    head_hash=v.frame_hash if head else gateway.head_hash,
-                    batches_accepted=gateways.c.batches_accepted + 1,
-                    readings_accepted=gateways.c.readings_accepted + len(new),
-                )
+            self._spool(conn, [v for _, v in accepted], new_of, received_ms=received_ms)
+            counts = [(v, len(fresh)) for (_, v), fresh in zip(accepted, new_of, strict=True)]
+            chain.save(conn, accepted=counts, received_ms=received_ms)
+        self._count(sum(len(v.batch.readings) for _, v in accepted), new, outcome, received_ms)
+        for (i, v), fresh in zip(accepted, new_of, strict=True):
+            results[i] = IngestResult(
+                Outcome.ACCEPTED, v.batch.gateway_id, v.batch.batch_seq, readings_new=len(fresh),
+                readings_duplicate=len(v.batch.readings) - len(fresh),
             )  # fmt: skip
-        self._count(batch.readings, new, outcome, received_ms)
-        return IngestResult(
-            Outcome.ACCEPTED, gw, seq, readings_new=len(new),
-            readings_duplicate=len(batch.readings) - len(new), alerts_raised=outcome.alerts_raised,
-            holds_placed=outcome.holds_placed,
-        )  # fmt: skip
+        return results, refused
 
-    def _check_chain(self, conn: Connection, v: Verified, *, head_seq: int, received_ms: int) -> bool:
-        """True for a byte-identical resend; Rejected for a conflicting one; records gaps."""
+    def _check_chain(self, conn: Connection, chain: _Chain, v: Verified, *, received_ms: int) -> bool:
+        """True for a byte-identical resend; Rejected for a revoked sender or conflicting frame.
+
+        Records gaps and fills them; on acceptance the frame joins ``chain`` so later frames of the
+        same transaction are checked against it.
+        """
         gw, seq = v.batch.gateway_id, v.batch.batch_seq
-        stored = {
-            row.batch_seq: row
-            for row in conn.execute(
-                select(batches.c.batch_seq, batches.c.frame_hash, batches.c.prev_hash).where(
-                    batches.c.gateway_id == gw, batches.c.batch_seq.in_((seq - 1, seq, seq + 1))
-                )
+        gateway = chain.gateways.get(gw)
+        if gateway is None or gateway.status != "active" or v.key_id.hex() in chain.revoked_keys:
+            raise Rejected(
+                IngestReject.REVOKED if gateway is not None else IngestReject.UNKNOWN_GATEWAY,
+                f"gateway {gw!r} or its key {v.key_id.hex()} is revoked: batches are refused",
+                gateway_id=gw,
             )
-        }
-        if seq in stored:
-            if stored[seq].frame_hash == v.frame_hash:
+        stored = chain.links.get((gw, seq))
+        if stored is not None:
+            if stored.frame_hash == v.frame_hash:
                 return True
             raise Rejected(
                 IngestReject.REPLAYED_SEQUENCE,
                 f"batch {seq} of {gw!r} was already accepted with different content (hash "
-                f"{stored[seq].frame_hash[:16]}…, this one {v.frame_hash[:16]}…)",
+                f"{stored.frame_hash[:16]}…, this one {v.frame_hash[:16]}…)",
                 gateway_id=gw,
             )
-        before = stored.get(seq - 1)
+        before = chain.links.get((gw, seq - 1))
         if before is not None and before.frame_hash != v.batch.prev_hash:
             raise Rejected(
                 IngestReject.CHAIN_MISMATCH,
@@ -265,13 +409,14 @@ class Ingestor:
                 f"has hash {before.frame_hash[:16]}…",
                 gateway_id=gw,
             )
-        after = stored.get(seq + 1)
+        after = chain.links.get((gw, seq + 1))
         if after is not None and after.prev_hash != v.frame_hash:
             raise Rejected(
                 IngestReject.CHAIN_MISMATCH,
                 f"batch {seq + 1} of {gw!r} does not chain to this batch {seq}",
                 gateway_id=gw,
             )
+        head_seq = chain.head_seq[gw]
         if seq > head_seq + 1:
             conn.execute(
                 insert(chain_gaps).values(
@@ -283,6 +428,7 @@ class Ingestor:
             self._fill_gap(conn, gw, seq, received_ms)
         elif seq == 1 and v.batch.prev_hash != GENESIS_HASH:  # pragma: no cover - the contract refuses it
             raise Rejected(IngestReject.CHAIN_MISMATCH, "batch 1 must chain to genesis", gateway_id=gw)
+        chain.accept(v)
         return False
 
     def _fill_gap(self, conn: Connection, gw: str, seq: int, received_ms: int) -> None:
@@ -316,61 +462,76 @@ class Ingestor:
             clear_gap_alert(conn, gw, now_ms=received_ms)
 
     def _store_readings(
-        self, conn: Connection, v: Verified, *, received_ms: int, transport: str
-    ) -> list[Reading]:
-        batch = v.batch
-        gw, seq = batch.gateway_id, batch.batch_seq
-        rows = [
-            {
-                "device_id": r.device_id, "seq": r.seq, "gateway_id": gw, "batch_seq": seq,
-                "site_id": r.site_id, "t_device_ms": r.t_device_ms, "t_gateway_ms": r.t_gateway_ms,
-                "received_ms": received_ms, "clock": r.clock.value, "temperature_c": r.temperature_c,
-                "humidity_pct": r.humidity_pct, "shock_g": r.shock_g, "battery_v": r.battery_v,
-                "anomaly_score": r.anomaly_score, "flags": ",".join(r.flags), "shipment_id": r.shipment_id,
-                "lot_ids": ",".join(r.lot_ids),
-            }
-            for r in batch.readings
-        ]  # fmt: skip
-        new_keys: set[tuple[str, int]] = set()
+        self, conn: Connection, accepted: list[Verified], *, received_ms: int, transport: str
+    ) -> list[list[Reading]]:
+        """Store the frames' batch rows, readings, markers and devices; each frame's new readings.
+
+        A reading stored before (or earlier in this transaction, by another gateway that heard the
+        same device) is not new: it belongs to the frame that stored it first.
+        """
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, int]] = set()
+        for v in accepted:
+            gw, seq = v.batch.gateway_id, v.batch.batch_seq
+            for r in v.batch.readings:
+                key = (r.device_id, r.seq)
+                if key in seen:
+                    continue
+                seen.add(key)
+                rows.append({
+                    "device_id": r.device_id, "seq": r.seq, "gateway_id": gw, "batch_seq": seq,
+                    "site_id": r.site_id, "t_device_ms": r.t_device_ms, "t_gateway_ms": r.t_gateway_ms,
+                    "received_ms": received_ms, "clock": r.clock.value, "temperature_c": r.temperature_c,
+                    "humidity_pct": r.humidity_pct, "shock_g": r.shock_g, "battery_v": r.battery_v,
+                    "anomaly_score": r.anomaly_score, "flags": ",".join(r.flags),
+                    "shipment_id": r.shipment_id, "lot_ids": ",".join(r.lot_ids),
+                })  # fmt: skip
+        new_keys: dict[tuple[str, int], int] = {}
         if rows and conn.dialect.name == "postgresql":
             result = conn.execute(_INSERT_READINGS_PG, json_rows(rows))
-            new_keys = {(row.device_id, row.seq) for row in result}
+            new_keys = {(row.device_id, row.seq): 0 for row in result}
         elif rows:
             stmt = insert_ignoring(conn, readings, keys=("device_id", "seq")).returning(
                 readings.c.device_id, readings.c.seq
             )
             # One statement per chunk; SQLAlchemy batches executemany + RETURNING ("insertmanyvalues").
-            result = conn.execute(stmt, rows)
-            new_keys = {(row.device_id, row.seq) for row in result}
-        new = [r for r in batch.readings if (r.device_id, r.seq) in new_keys]
+            new_keys = {(row.device_id, row.seq): 0 for row in conn.execute(stmt, rows)}
+        # pop: a reading repeated in a later frame of this transaction is not new there
+        new_of = [
+            [r for r in v.batch.readings if new_keys.pop((r.device_id, r.seq), None) is not None]
+            for v in accepted
+        ]
         conn.execute(
-            insert(batches).values(
-                gateway_id=gw, batch_seq=seq, frame_hash=v.frame_hash, prev_hash=batch.prev_hash,
-                created_ms=batch.created_ms, received_ms=received_ms, readings=len(batch.readings),
-                accepted=len(new), markers=len(batch.markers), transport=transport,
-            )
+            insert(batches),
+            [
+                {"gateway_id": v.batch.gateway_id, "batch_seq": v.batch.batch_seq, "frame_hash": v.frame_hash,
+                 "prev_hash": v.batch.prev_hash, "created_ms": v.batch.created_ms, "received_ms": received_ms,
+                 "readings": len(v.batch.readings), "accepted": len(new), "markers": len(v.batch.markers),
+                 "transport": transport}
+                for v, new in zip(accepted, new_of, strict=True)
+            ],
         )  # fmt: skip
-        if batch.markers:
-            conn.execute(
-                insert(markers),
-                [
-                    {"gateway_id": gw, "batch_seq": seq, "device_id": m.device_id, "kind": m.kind.value,
-                     "seq_from": m.seq_from, "seq_to": m.seq_to, "count": m.count, "t_from_ms": m.t_from_ms,
-                     "t_to_ms": m.t_to_ms}
-                    for m in batch.markers
-                ],
-            )  # fmt: skip
-        self._update_devices(conn, gw, new)
-        return new
+        marker_rows = [
+            {"gateway_id": v.batch.gateway_id, "batch_seq": v.batch.batch_seq, "device_id": m.device_id,
+             "kind": m.kind.value, "seq_from": m.seq_from, "seq_to": m.seq_to, "count": m.count,
+             "t_from_ms": m.t_from_ms, "t_to_ms": m.t_to_ms}
+            for v in accepted
+            for m in v.batch.markers
+        ]  # fmt: skip
+        if marker_rows:
+            conn.execute(insert(markers), marker_rows)
+        self._update_devices(conn, [(v.batch.gateway_id, n) for v, n in zip(accepted, new_of, strict=True)])
+        return new_of
 
-    def _update_devices(self, conn: Connection, gw: str, new: list[Reading]) -> None:
-        newest: dict[str, Reading] = {}
+    def _update_devices(self, conn: Connection, new_by_gateway: list[tuple[str, list[Reading]]]) -> None:
+        newest: dict[str, tuple[str, Reading]] = {}
         counts: dict[str, int] = {}
-        for r in new:
-            counts[r.device_id] = counts.get(r.device_id, 0) + 1
-            best = newest.get(r.device_id)
-            if best is None or (r.t_gateway_ms, r.seq) > (best.t_gateway_ms, best.seq):
-                newest[r.device_id] = r
+        for gw, new in new_by_gateway:
+            for r in new:
+                counts[r.device_id] = counts.get(r.device_id, 0) + 1
+                best = newest.get(r.device_id)
+                if best is None or (r.t_gateway_ms, r.seq) > (best[1].t_gateway_ms, best[1].seq):
+                    newest[r.device_id] = (gw, r)
         rows = [
             {
                 "device_id": d, "gateway_id": gw, "site_id": r.site_id, "last_seen_ms": r.t_gateway_ms,
@@ -378,7 +539,7 @@ class Ingestor:
                 "temperature_c": r.temperature_c, "clock": r.clock.value, "clock_skew_ms": r.skew_ms,
                 "readings_total": counts[d],
             }
-            for d, r in newest.items()
+            for d, (gw, r) in newest.items()
         ]  # fmt: skip
         _UPSERT_DEVICES(conn, rows)
 
@@ -409,32 +570,36 @@ class Ingestor:
         subject = subject_key(r.shipment_id, r.lot_ids)
         return None if subject is None else self._profiles.get(subject)
 
-    def _spool(self, conn: Connection, v: Verified, new: list[Reading], *, received_ms: int) -> None:
-        batch = v.batch
-        site = batch.readings[0].site_id if batch.readings else None
-        parts = [
-            reading_lines(new, gateway_id=batch.gateway_id, profile_of=self._profile_cached),
-            marker_lines(batch.markers, gateway_id=batch.gateway_id, site_id=site),
-            batch_line(
-                gateway_id=batch.gateway_id, site_id=site, batch_seq=batch.batch_seq,
-                readings=len(batch.readings), markers=len(batch.markers),
-                lag_ms=max(0, received_ms - batch.created_ms), received_ms=received_ms,
-            ),
-        ]  # fmt: skip
-        lines = "\n".join(p for p in parts if p)
+    def _spool(
+        self, conn: Connection, accepted: list[Verified], new_of: list[list[Reading]], *, received_ms: int
+    ) -> None:
+        """The transaction's points, as one spool row: readings, thinning markers, one per batch."""
+        parts: list[str] = []
+        points = 0
+        for v, new in zip(accepted, new_of, strict=True):
+            batch = v.batch
+            site = batch.readings[0].site_id if batch.readings else None
+            parts += [
+                reading_lines(new, gateway_id=batch.gateway_id, profile_of=self._profile_cached),
+                marker_lines(batch.markers, gateway_id=batch.gateway_id, site_id=site),
+                batch_line(
+                    gateway_id=batch.gateway_id, site_id=site, batch_seq=batch.batch_seq,
+                    readings=len(batch.readings), markers=len(batch.markers),
+                    lag_ms=max(0, received_ms - batch.created_ms), received_ms=received_ms,
+                ),
+            ]  # fmt: skip
+            points += len(new) + len(batch.markers) + 1
         conn.execute(
             insert(telemetry_spool).values(
-                created_ms=received_ms, lines=lines, points=len(new) + len(batch.markers) + 1,
+                created_ms=received_ms, lines="\n".join(p for p in parts if p), points=points,
                 next_attempt_ms=0,
             )
         )  # fmt: skip
 
-    def _count(
-        self, all_readings: tuple[Reading, ...], new: list[Reading], outcome: RuleOutcome, now_ms: int
-    ) -> None:
+    def _count(self, received: int, new: list[Reading], outcome: RuleOutcome, now_ms: int) -> None:
         m = self.metrics
         m.readings.labels("accepted").inc(len(new))
-        m.readings.labels("duplicate").inc(len(all_readings) - len(new))
+        m.readings.labels("duplicate").inc(received - len(new))
         for r in new:
             m.lag_seconds.observe(max(0, now_ms - r.t_device_ms) / 1000)
         m.alerts_raised.inc(outcome.alerts_raised)

@@ -24,7 +24,8 @@ class CloudMetrics:
             registry=r,
         )  # fmt: skip
         self.store_seconds = Histogram(
-            "coldtrace_cloud_store_seconds", "Time to verify and commit one batch", registry=r
+            "coldtrace_cloud_store_seconds",
+            "Time to verify and commit one group of batches (one transaction)", registry=r,
         )
         self.lag_seconds = Histogram(
             "coldtrace_cloud_lag_seconds", "Device time to stored, per reading", buckets=LAG_BUCKETS,

@@ -30,8 +30,12 @@ class BrokerSettings(SharedBrokerSettings):
     """Workers of one group split the gateways' batches (``$share/<group>/…``)."""
     session_expiry_s: Annotated[int, Field(ge=0)] = 3600
     """How long the broker keeps a stopped worker's queued batches; covers a restart or deploy."""
-    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
-    """Batches a worker stores at once (of different gateways; one gateway's stay in order)."""
+    group_max_frames: Annotated[int, Field(ge=1, le=1000)] = 64
+    """Most batches a worker stores in one transaction. A worker takes whatever has arrived while it
+    stored the previous group, so an idle worker stores each batch at once and a busy one pays the
+    per-transaction cost once for many."""
+    group_max_bytes: Annotated[int, Field(ge=1)] = 16 * 1024 * 1024
+    """Most frame bytes in one group (the frame that crosses it still joins)."""
 
 
 class TelemetrySettings(BaseModel):

@@ -125,8 +125,12 @@ class MqttClient:
         self, *, client_id: str, broker: BrokerUrl, tls: TlsFiles | None = None,
         ssl_context: ssl.SSLContext | None = None, clean_start: bool = True, session_expiry_s: int = 0,
         keepalive_s: int = 30, manual_ack: bool = False, max_inflight: int = 1000,
+        receive_maximum: int | None = None,
     ) -> None:  # fmt: skip
+        """``max_inflight``: our unacknowledged publishes; ``receive_maximum``: the broker's to us
+        (MQTT 5 Receive Maximum; None leaves the broker's default, 20 on Mosquitto)."""
         self.client_id = client_id
+        self._receive_maximum = receive_maximum
         self.broker = broker
         self._keepalive_s = keepalive_s
         self._clean_start = clean_start
@@ -171,6 +175,8 @@ class MqttClient:
         self._connack = self._loop.create_future()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._session_expiry_s
+        if self._receive_maximum is not None:
+            properties.ReceiveMaximum = self._receive_maximum
         where = f"{self.broker.host}:{self.broker.port}"
         try:
             async with asyncio.timeout(timeout_s):

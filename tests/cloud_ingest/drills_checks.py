@@ -84,6 +84,12 @@ def spool_rows(engine: Engine) -> int:
     return stored(engine, telemetry_spool)
 
 
+def spool_points(engine: Engine) -> int:
+    """Points waiting in the telemetry spool."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.sum(telemetry_spool.c.points), 0))).scalar_one())
+
+
 def temperature_samples(vm: VictoriaMetrics, fleet: Fleet) -> int:
     """The fleet's ``reading_temperature_c`` samples in ``vm`` (waits until the expected count shows)."""
     exported = vm.export(

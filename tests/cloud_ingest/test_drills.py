@@ -44,6 +44,7 @@ from cloud_ingest.worker import Worker
 from tests.cloud_ingest.conftest import fresh_postgres_url
 from tests.cloud_ingest.drills_checks import (
     assert_stored_exactly_once,
+    spool_points,
     spool_rows,
     stored,
     temperature_samples,
@@ -261,9 +262,9 @@ def test_every_point_arrives_after_the_time_series_server_was_down(
             d.log("VictoriaMetrics stopped")
             await send(pubs, 1)
             await poll(d.stored_at_least(4 * third), within_s=30, what="the second third stored")
-            # Ingest goes on; each batch's points wait in the spool, one chunk per batch.
+            # Ingest goes on; the points wait in the spool: each batch's readings and its batch point.
             await poll(telemetry_up(0), within_s=30, what="coldtrace_cloud_telemetry_up 0")
-            assert spool_rows(d.engine) == 2 * third
+            assert spool_points(d.engine) == 2 * third * (2 * d.fleet.plan.per_device + 1)
             await asyncio.to_thread(vm.start)
             d.log("VictoriaMetrics back")
             await send(pubs, 2)

@@ -6,14 +6,23 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
 
-from cloud_ingest.db.tables import alerts, batches, chain_gaps, devices, readings, rejects, telemetry_spool
+from cloud_ingest.db.tables import (
+    alerts,
+    batches,
+    chain_gaps,
+    devices,
+    gateways,
+    readings,
+    rejects,
+    telemetry_spool,
+)
 from cloud_ingest.housekeeping import housekeep
-from cloud_ingest.ingest import Ingestor, Outcome
+from cloud_ingest.ingest import Inbound, Ingestor, IngestResult, Outcome
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.registry import revoke_gateway
 from cloud_ingest.settings import CloudSettings
 from cloud_ingest.verify import IngestReject
-from coldtrace.contract.batch import HEADER_BYTES
+from coldtrace.contract.batch import HEADER_BYTES, frame_hash
 from tests.cloud_ingest.builders import T0, GatewaySim, count_rows, reading, series
 
 
@@ -156,3 +165,67 @@ def test_a_revoked_gateway_is_refused_even_with_its_key_cached(
         revoke_gateway(conn, "gw-1", now_ms=T0)
     assert _reject(ingestor, gw.frame([reading("dev-1", 2, T0 + 1, 4.0)])) is IngestReject.REVOKED
     assert count_rows(engine, readings) == 1
+
+
+# -- several frames in one transaction (what a busy worker does) --------------------------------------
+def _many(ingestor: Ingestor, frames: list[tuple[str, bytes]]) -> list[IngestResult]:
+    inbound = [Inbound(f, topic_gateway=g, identity=g) for g, f in frames]
+    return ingestor.ingest_many(inbound, transport="mqtt")
+
+
+def test_a_group_checks_each_frame_against_the_ones_before_it_in_the_same_transaction(
+    engine: Engine, ingestor: Ingestor, gw: GatewaySim
+) -> None:
+    f1, f2, f3 = (gw.frame([reading("dev-1", n, T0 + n * 1000, 4.0)]) for n in (1, 2, 3))
+    forked = GatewaySim(key=gw.key, seq=1, prev=frame_hash(f1)).frame([reading("dev-1", 9, T0, 4.0)])
+    results = _many(ingestor, [("gw-1", f3), ("gw-1", f1), ("gw-1", f2), ("gw-1", f2), ("gw-1", forked)])
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 3 + [Outcome.DUPLICATE, Outcome.REJECTED]
+    assert results[4].reason is IngestReject.REPLAYED_SEQUENCE
+    # f3 first opened a gap (1-2), which f1 and f2 filled in the same transaction.
+    with engine.connect() as conn:
+        gaps = conn.execute(select(chain_gaps.c.filled_ms)).scalars().all()
+        head = conn.execute(select(gateways.c.head_seq, gateways.c.batches_accepted)).one()
+    assert gaps
+    assert None not in gaps
+    assert tuple(head) == (3, 3)
+    assert count_rows(engine, readings) == 3
+    assert count_rows(engine, rejects) == 1
+
+
+def test_a_bad_or_revoked_frame_in_a_group_is_refused_and_the_others_are_stored(
+    engine: Engine, ingestor: Ingestor, gw: GatewaySim
+) -> None:
+    other = GatewaySim(gateway_id="gw-2", site_id="site-2")
+    other.register(engine)
+    revoked = GatewaySim(gateway_id="gw-3", site_id="site-3")
+    revoked.register(engine)
+    with engine.begin() as conn:
+        revoke_gateway(conn, "gw-3", now_ms=T0)
+    good = gw.frame([reading("dev-1", 1, T0, 4.0)])
+    altered = bytearray(other.frame([reading("dev-2", 1, T0, 4.0)]))
+    altered[-5] ^= 0x01
+    results = _many(ingestor, [("gw-1", good), ("gw-2", bytes(altered)),
+                               ("gw-3", revoked.frame([reading("dev-3", 1, T0, 4.0)]))])  # fmt: skip
+    assert [(r.outcome, r.reason) for r in results] == [
+        (Outcome.ACCEPTED, None), (Outcome.REJECTED, IngestReject.BAD_SIGNATURE),
+        (Outcome.REJECTED, IngestReject.REVOKED),
+    ]  # fmt: skip
+    assert count_rows(engine, readings) == 1
+    assert count_rows(engine, rejects) == 2
+
+
+def test_a_reading_two_gateways_heard_in_one_group_is_new_only_in_the_first(
+    engine: Engine, ingestor: Ingestor, gw: GatewaySim
+) -> None:
+    other = GatewaySim(gateway_id="gw-2", site_id="site-2")
+    other.register(engine)
+    shared = reading("dev-1", 1, T0, 4.0)
+    later = reading("dev-1", 2, T0 + 1000, 4.1)
+    results = _many(ingestor, [("gw-1", gw.frame([shared])), ("gw-2", other.frame([shared, later]))])
+    assert [(r.readings_new, r.readings_duplicate) for r in results] == [(1, 0), (1, 1)]
+    with engine.connect() as conn:
+        stored = conn.execute(select(readings.c.seq, readings.c.gateway_id).order_by(readings.c.seq)).all()
+        total = conn.execute(select(devices.c.readings_total)).scalar_one()
+    assert [tuple(r) for r in stored] == [(1, "gw-1"), (2, "gw-2")]
+    assert total == 2
+    assert count_rows(engine, telemetry_spool) == 1  # one spool row per transaction

@@ -16,7 +16,7 @@ from cloud_ingest.settings import BrokerSettings, CloudSettings, TelemetrySettin
 from cloud_ingest.spool import SpoolDrainer
 from cloud_ingest.telemetry import TelemetryUnavailable, TelemetryWriter
 from cloud_ingest.worker import Worker
-from coldtrace.contract.topics import gateway_batches
+from coldtrace.contract.topics import gateway_batches, shared_gateway_batches
 from coldtrace.mqtt import BrokerUrl, MqttClient, TlsFiles
 from tests.cloud_ingest.builders import T0, GatewaySim, count_rows, series
 from tests.cloud_ingest.drills_workers import poll
@@ -124,3 +124,54 @@ async def _spool_through_outage(engine: Engine, victoriametrics: VictoriaMetrics
         until=lambda s: sum(len(x["values"]) for x in s) == 6,
     )
     assert sum(len(s["values"]) for s in exported) == 6
+
+
+def test_a_backlog_is_stored_many_batches_per_transaction_and_each_acknowledged(
+    tmp_path,
+    pki: Pki,
+    identity,
+    mosquitto_tls: Mosquitto,  # type: ignore[no-untyped-def]
+) -> None:
+    asyncio.run(_drain_backlog(tmp_path, pki, identity, mosquitto_tls))
+
+
+async def _drain_backlog(tmp_path, pki, identity, mosquitto_tls) -> None:  # type: ignore[no-untyped-def]
+    service = identity(Role.SERVICE, "svc-ingest")  # its ACL grants; its own session below
+    gateway = identity(Role.GATEWAY, "gw-backlog")
+    broker = BrokerSettings(
+        url=f"mqtts://localhost:{mosquitto_tls.port}", ca_file=pki.ca_bundle_path,
+        cert_file=service.cert_path, key_file=service.key_path, share_group="backlog",
+        client_id="svc-backlog", group_max_frames=16,
+    )  # fmt: skip
+    settings = CloudSettings(database_url=f"sqlite:///{tmp_path / 'cloud.db'}", broker=broker, metrics_port=0)
+    engine = open_database(settings.database_url)
+    sim = GatewaySim(gateway_id="gw-backlog")
+    sim.register(engine)
+    # The worker's persistent session exists (subscribed) but the worker is away while 40 batches queue.
+    session = MqttClient(
+        client_id="svc-backlog-1", broker=BrokerUrl.parse(broker.url), tls=_tls(pki, service),
+        clean_start=False, session_expiry_s=600, manual_ack=True,
+    )  # fmt: skip
+    await session.connect()
+    await session.subscribe(shared_gateway_batches("backlog"), qos=1)
+    await session.disconnect()
+    publisher = MqttClient(client_id="gw-backlog", broker=BrokerUrl.parse(broker.url), tls=_tls(pki, gateway))
+    await publisher.connect()
+    for i in range(40):
+        frame = sim.frame(list(series("dev-b", [4.0, 4.1], start_ms=T0 + i * 60_000, first_seq=2 * i + 1)))
+        await publisher.publish(gateway_batches("gw-backlog"), frame, qos=1)
+    await publisher.disconnect()
+
+    worker = Worker(engine, settings, metrics=CloudMetrics())
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(worker.run())
+        await poll(lambda: worker.consumer is not None and worker.consumer.handled == 40,
+                   within_s=30, what="40 batches acknowledged")  # fmt: skip
+        task.cancel()
+    registry = worker.metrics.registry
+    assert registry.get_sample_value("coldtrace_cloud_batches_total", {"outcome": "accepted"}) == 40
+    transactions = registry.get_sample_value("coldtrace_cloud_store_seconds_count")
+    assert transactions is not None
+    assert 40 / 16 <= transactions < 40  # grouped, never above the group limit
+    assert count_rows(engine, readings) == 80
+    engine.dispose()
