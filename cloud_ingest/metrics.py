@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from cloud_ingest.verify import IngestReject
+
 #: Seconds buckets from a millisecond to a day: lag after an outage backfill is hours, not seconds.
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86_400)
 
@@ -19,13 +21,17 @@ class CloudMetrics:
         self.rejects = Counter(
             "coldtrace_cloud_rejects", "Batches refused, by reason code", ["reason"], registry=r
         )
+        # Every reason exists at 0 from the start: a series first scraped at 1 shows no rate.
+        for reason in IngestReject:
+            self.rejects.labels(reason.value)
         self.readings = Counter(
             "coldtrace_cloud_readings", "Readings stored (accepted) or dropped as duplicates", ["result"],
             registry=r,
         )  # fmt: skip
         self.store_seconds = Histogram(
             "coldtrace_cloud_store_seconds",
-            "Time to verify and commit one group of batches (one transaction)", registry=r,
+            "Time to verify and commit one group of batches (one transaction)",
+            registry=r,
         )
         self.lag_seconds = Histogram(
             "coldtrace_cloud_lag_seconds", "Device time to stored, per reading", buckets=LAG_BUCKETS,

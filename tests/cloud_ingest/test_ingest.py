@@ -229,3 +229,9 @@ def test_a_reading_two_gateways_heard_in_one_group_is_new_only_in_the_first(
     assert [tuple(r) for r in stored] == [(1, "gw-1"), (2, "gw-2")]
     assert total == 2
     assert count_rows(engine, telemetry_spool) == 1  # one spool row per transaction
+
+
+def test_every_reject_reason_is_exported_from_the_start_so_its_first_reject_shows_as_a_rate() -> None:
+    registry = CloudMetrics().registry
+    for reason in IngestReject:
+        assert registry.get_sample_value("coldtrace_cloud_rejects_total", {"reason": reason.value}) == 0
