@@ -6,7 +6,8 @@ every command shares onto the exit codes in :mod:`coldtrace.exitcodes`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -71,10 +72,70 @@ app.add_typer(sim_app, name="sim", help="Fleet simulator: devices with physics, 
 
 
 @app.command()
-def demo() -> None:
-    """Run the whole path on embedded defaults and print a summary (not built yet: issue #7)."""
-    typer.secho("`coldtrace demo` is not built yet (tracked in issue #7).", err=True, fg=typer.colors.YELLOW)
-    raise typer.Exit(ExitCode.UNAVAILABLE)
+def demo(  # noqa: PLR0917 - typer reads options from the signature
+    exit_after: Annotated[
+        bool, typer.Option("--exit", help="Stop after the summary instead of leaving the API up.")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="HTTPS port of the API (default 8443; 0 picks a free one).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address of the API (default 127.0.0.1).")] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep PKI, databases, logs and summary.json here (default: a temporary one)."),
+    ] = None,
+    devices: Annotated[
+        int | None, typer.Option(help="Simulated devices, a multiple of 8 (default 32).")
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(help="Simulated seconds per second (default 150: 2 simulated hours in ~50 s)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fleet, its faults and ground truth (default 7).")
+    ] = None,
+    services: Annotated[
+        bool,
+        typer.Option("--services", help="Run against Mosquitto, VictoriaMetrics and PostgreSQL (not yet)."),
+    ] = False,
+) -> None:
+    """Run the whole path on embedded defaults: PKI, brokers, cloud, two gateways, a simulated fleet.
+
+    A reefer failure, a door left open, a glitch storm and a 30-minute uplink partition at accelerated
+    time; then a summary checked against the simulator's ground truth. Every option also reads
+    COLDTRACE_DEMO_<OPTION> from the environment.
+    """
+    if services:
+        typer.secho(
+            "`coldtrace demo --services` (Mosquitto, VictoriaMetrics/InfluxDB, PostgreSQL) is not built yet; "
+            "`coldtrace demo` runs the same path on embedded servers.",
+            err=True, fg=typer.colors.YELLOW,
+        )  # fmt: skip
+        raise typer.Exit(ExitCode.UNAVAILABLE)
+    try:
+        from pydantic import ValidationError  # noqa: PLC0415
+        from rich.console import Console  # noqa: PLC0415
+
+        from coldtrace.demo import DemoSettings, run_command  # noqa: PLC0415 - needs every extra
+    except ImportError as exc:
+        typer.secho(
+            f"coldtrace demo needs the edge, cloud and sim extras ({exc}): pip install 'coldtrace[all]'",
+            err=True, fg=typer.colors.RED,
+        )  # fmt: skip
+        raise typer.Exit(ExitCode.UNAVAILABLE) from exc
+    given: dict[str, Any] = {
+        "port": port, "host": host, "workdir": workdir, "devices": devices, "speed": speed, "seed": seed,
+    }  # fmt: skip
+    try:
+        settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        option = "--" + "-".join(str(part) for part in first["loc"])
+        typer.secho(f"error: {option}: {first['msg']}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(ExitCode.USAGE) from exc
+    raise typer.Exit(
+        run_command(settings, hold_open=not exit_after, console=Console(), err=Console(stderr=True))
+    )
 
 
 def main() -> None:

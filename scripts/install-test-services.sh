@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install the servers the integration tests start (tests/harness): Mosquitto, VictoriaMetrics,
-# InfluxDB 1.x and PostgreSQL 15, from Debian's packages.
+# InfluxDB 1.x, PostgreSQL 15 and Prometheus, from Debian's packages.
 #
 # Idempotent: only missing ones are installed, and `apt-get update` runs at most once. The packages'
 # own daemons are NOT started (no systemd here, and a policy-rc.d guard stops postinst from starting
 # them through invoke-rc.d): the tests start private instances on free ports, and system daemons on
-# 1883/8086/8088/8428/5432 would only get in the way.
+# 1883/8086/8088/8428/5432/9090 would only get in the way.
 #
 # Not root: prints the command to run and exits 0; the tests then skip (or fail under CI=true).
 set -euo pipefail
@@ -19,10 +19,11 @@ declare -A PROBE=(
     [influxdb]=/usr/bin/influxd
     ["postgresql-${PG_MAJOR}"]="/usr/lib/postgresql/${PG_MAJOR}/bin/postgres"
     [systemd]=/usr/bin/systemd-analyze
+    [prometheus]=/usr/bin/prometheus
 )
 
 missing=()
-for package in mosquitto victoria-metrics influxdb "postgresql-${PG_MAJOR}" systemd; do
+for package in mosquitto victoria-metrics influxdb "postgresql-${PG_MAJOR}" systemd prometheus; do
     if [[ -x "${PROBE[$package]}" ]]; then
         echo "ok: ${package} (${PROBE[$package]})"
     else

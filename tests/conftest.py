@@ -16,6 +16,7 @@ import pytest
 from tests.harness.influxdb1 import InfluxDB1
 from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles
 from tests.harness.postgres import Postgres
+from tests.harness.prometheus import Prometheus
 from tests.harness.services import require_binary
 from tests.harness.victoriametrics import VictoriaMetrics
 
@@ -55,6 +56,21 @@ def influxdb1() -> Iterator[InfluxDB1]:
     server = InfluxDB1(binary)
     try:
         _startup_seconds["influxdb1"] = server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[Prometheus]:
+    """A running Prometheus scraping every second: ``.url``, ``.set_targets``, ``.wait_scraped``, ``.query``,
+    ``.query_range``, ``.process``."""
+    binary = require_binary(
+        "Prometheus", "prometheus", package="prometheus", env_override="COLDTRACE_PROMETHEUS"
+    )
+    server = Prometheus(binary)
+    try:
+        _startup_seconds["prometheus"] = server.start()
         yield server
     finally:
         server.close()

@@ -1,0 +1,422 @@
+"""The whole demo: PKI, brokers, sink, cloud, gateways, fleet, partition, summary; stopped in order.
+
+Everything runs in this process and on this event loop, each long-lived piece an async context
+manager or a task of one :class:`~coldtrace.demo.background.Background` group:
+
+    fleet (firmware_sim.run_fleet) ──mTLS──▶ gateway brokers gw-0, gw-1 ──▶ EdgeAgent x 2
+        ──mTLS through each gateway's Uplink (cut for the partition)──▶ cloud broker
+        ──▶ cloud Worker (SQLite) ──▶ telemetry sink (InfluxDB v2 write API)
+    cloud API (create_app, HTTPS) ──▶ manifests ──▶ cloud broker ──▶ agents
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Console
+
+from cloud_ingest.metrics import CloudMetrics
+from cloud_ingest.publisher import MqttManifestPublisher
+from cloud_ingest.settings import CloudSettings
+from cloud_ingest.worker import Worker
+from coldtrace.clock import wall_ms
+from coldtrace.contract.topics import shared_gateway_batches
+from coldtrace.demo.background import Background
+from coldtrace.demo.broker import Acl, MqttBroker, cloud_services, gateway_services, server_tls
+from coldtrace.demo.clock import SimClock
+from coldtrace.demo.cloud import (
+    SHARE_GROUP,
+    TELEMETRY_BUCKET,
+    TELEMETRY_ORG,
+    Database,
+    api_server,
+    close_consumer,
+    cloud_settings,
+    prepare_database,
+    push_manifests,
+    wait_started,
+)
+from coldtrace.demo.errors import StackFailed
+from coldtrace.demo.gateways import agent_settings, wait_for_manifest
+from coldtrace.demo.progress import Display
+from coldtrace.demo.scenario import (
+    PARTITION_AT_S,
+    PARTITION_S,
+    PARTITIONED_GATEWAY,
+    SITES,
+    GroundTruth,
+    demo_scenario,
+    ground_truth,
+    manifests,
+)
+from coldtrace.demo.settings import DemoSettings
+from coldtrace.demo.sink import TelemetrySink
+from coldtrace.demo.summary import (
+    ChainLine,
+    GatewayFigures,
+    Summary,
+    counter_by_label,
+    counter_total,
+    read_cloud,
+    render,
+    stored_readings,
+    verdicts,
+)
+from coldtrace.demo.uplink import Uplink
+from coldtrace.demo.workdir import (
+    INGEST_IDENTITY,
+    LOADGEN_IDENTITY,
+    DemoPki,
+    Workdir,
+    agent_identity,
+    make_pki,
+    write_signing_key,
+)
+from coldtrace.mqtt import BrokerUrl, TlsFiles
+from edge_agent.agent import EdgeAgent
+from firmware_sim.fleet import Simulation, gateway_id
+from firmware_sim.runner import ConnectionMode, RunConfig, RunSummary, run_fleet
+from firmware_sim.truth import TruthWriter
+
+logger = logging.getLogger(__name__)
+
+#: Agents load their anomaly model and compile its features on first start (numba caches them).
+AGENT_START_S = 120.0
+#: Once every reading is stored, the spool's last chunk reaches the sink within this long.
+SINK_SETTLE_S = 30.0
+#: Agents refresh the figures they report once a second.
+AGENT_REPORT_S = 5.0
+STATUS_EVERY_S = 0.25
+
+
+@dataclass(slots=True)
+class _Status:
+    """What the progress bars show, refreshed by the status task."""
+
+    stored: int = 0
+    alerts: int = 0
+    holds: int = 0
+    expected: int | None = None
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    gateways: str = ""
+
+
+@dataclass(slots=True)
+class Lifetime:
+    """What happens after the summary: ``hold_open`` keeps the API up until ``stop`` is set."""
+
+    hold_open: bool
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: bool = False
+    """True once the summary is out and the stack only serves the API (a signal then stops it calmly)."""
+
+
+@dataclass(slots=True)
+class _Parts:
+    """The running stack."""
+
+    display: Display
+    sink: TelemetrySink
+    cloud_broker: MqttBroker
+    local_brokers: dict[str, MqttBroker]
+    uplinks: dict[str, Uplink]
+    cloud: CloudSettings
+    database: Database
+    bg: Background
+    api_url: str
+    agents: dict[str, EdgeAgent] = field(default_factory=dict)
+
+    @property
+    def brokers(self) -> list[MqttBroker]:
+        """Every broker, the cloud's first."""
+        return [self.cloud_broker, *self.local_brokers.values()]
+
+
+async def run_demo(
+    settings: DemoSettings, *, workdir: Workdir, api_socket: socket.socket, console: Console,
+    lifetime: Lifetime, started: float,
+) -> Summary:  # fmt: skip
+    """Run the demo end to end and return its summary (printed, and written to ``summary.json``)."""
+    loop = asyncio.get_running_loop()
+    scenario = demo_scenario()
+    gateway_ids = [gateway_id(i) for i in range(scenario.gateways)]
+    material = await asyncio.to_thread(make_pki, workdir, gateway_ids)
+    keys = {g: write_signing_key(workdir.gateway_dir(g) / "signing.key") for g in gateway_ids}
+    display = Display(console, sim_total_s=scenario.duration_s)
+    display.step(
+        f"throwaway PKI: root + issuing CA, {3 + 2 * len(gateway_ids)} identities ({workdir.pki_dir})"
+    )
+    now = wall_ms()
+    start_ms = (now - round(scenario.duration_s * 1000)) // 60_000 * 60_000
+    clock = SimClock(start_ms=start_ms, speed=settings.speed)
+    truth = TruthWriter(workdir.truth, keep=True)
+    simulation = Simulation(
+        scenario, devices=settings.devices, seed=settings.seed, start_ms=start_ms, truth=truth
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(display)
+        stack.callback(truth.close)
+        registered = {g: (keys[g].public_key(), SITES[i]) for i, g in enumerate(gateway_ids)}
+        parts = await _start(
+            stack, settings=settings, workdir=workdir, material=material, api_socket=api_socket,
+            display=display, registered=registered, now_ms=now,
+        )  # fmt: skip
+        await _start_agents(parts, settings=settings, workdir=workdir, material=material, clock=clock)
+        await push_manifests(
+            api_url=parts.api_url, ca_file=str(material.pki.ca_bundle_path),
+            admin_key=parts.database.admin_key, manifests=manifests(simulation, issued_ms=now),
+        )  # fmt: skip
+        await wait_for_manifest(parts.agents.values(), version=1)
+        display.step("manifest v1 of each gateway posted to the API, pushed to its agent over MQTT")
+
+        fleet, expected = await _drive(parts, simulation=simulation, clock=clock, settings=settings,
+                                       material=material, truth=truth)  # fmt: skip
+        summary = await _summarize(
+            parts, settings=settings, fleet=fleet, expected=expected, simulation=simulation
+        )
+        summary.elapsed_s = round(loop.time() - started, 1)
+        render(summary, console, extra_rows={
+            "brokers": "; ".join(f"{b.name}: {b.stats.connections} sessions, {b.stats.received:,} msgs in, "
+                                 f"{b.stats.denied} denied, {b.stats.tls_refused} TLS refused"
+                                 for b in parts.brokers),
+            "files": f"{workdir.path} (summary.json, truth.jsonl, demo.log)"
+            + (", removed at exit: keep them with --workdir" if workdir.temporary else ""),
+        })  # fmt: skip
+        workdir.summary.write_bytes(summary.to_json())
+        if lifetime.hold_open:
+            _announce(console, parts, ca_file=str(material.pki.ca_bundle_path), workdir=workdir)
+            lifetime.holding = True
+            await lifetime.stop.wait()
+            console.print("stopping…")
+        return summary
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack, *, settings: DemoSettings, workdir: Workdir, material: DemoPki,
+    api_socket: socket.socket, display: Display, registered: dict[str, tuple[Ed25519PublicKey, str]],
+    now_ms: int,
+) -> _Parts:  # fmt: skip
+    """Sink, brokers, uplinks, then the cloud: database, worker and API (agents come next)."""
+    ca = str(material.pki.ca_bundle_path)
+    tls = server_tls(ca_file=ca, cert_file=str(material.server.chain_path),
+                     key_file=str(material.server.key_path), crl_file=str(material.pki.crl_path))  # fmt: skip
+    sink_token = secrets.token_urlsafe(24)
+    sink = await stack.enter_async_context(
+        TelemetrySink(token=sink_token, bucket=TELEMETRY_BUCKET, org=TELEMETRY_ORG)
+    )
+    cloud_broker = await stack.enter_async_context(
+        MqttBroker(name="cloud", tls=tls, acl=Acl(users=cloud_services(INGEST_IDENTITY)))
+    )
+    local_brokers: dict[str, MqttBroker] = {}
+    uplinks: dict[str, Uplink] = {}
+    for g in registered:
+        acl = Acl(users=gateway_services(g, agent=agent_identity(g), loadgen=LOADGEN_IDENTITY))
+        local_brokers[g] = await stack.enter_async_context(MqttBroker(name=g, tls=tls, acl=acl))
+        uplinks[g] = await stack.enter_async_context(
+            Uplink(name=g, target_host=cloud_broker.host, target_port=cloud_broker.port)
+        )
+    display.step(
+        f"MQTT 5 brokers that require client certificates: cloud {cloud_broker.url}, "
+        + ", ".join(f"{g} {b.url}" for g, b in local_brokers.items())
+    )
+    display.step(f"telemetry sink (InfluxDB v2 write API): {sink.url}/api/v2/write")
+
+    cloud = cloud_settings(
+        workdir=workdir, pki=material, broker_url=cloud_broker.url, sink_url=sink.url, sink_token=sink_token,
+        host=settings.host, port=int(api_socket.getsockname()[1]),
+    )  # fmt: skip
+    workdir.database.parent.mkdir(mode=0o700, exist_ok=True)
+    database = await asyncio.to_thread(prepare_database, cloud, registered, now_ms=now_ms)
+    stack.callback(database.engine.dispose)
+    if cloud.broker is None:
+        raise StackFailed("the cloud has no broker configured")
+    publisher = await stack.enter_async_context(
+        MqttManifestPublisher(cloud.broker, client_id=f"{INGEST_IDENTITY}-api")
+    )
+    bg = await stack.enter_async_context(Background())
+    worker = Worker(database.engine, cloud, metrics=CloudMetrics())
+    bg.start(worker.run(), "cloud-worker", after=lambda: close_consumer(worker))
+    server = api_server(database.engine, cloud, publisher)
+    api_task = bg.start(
+        server.serve(sockets=[api_socket]), "cloud-api", stop=lambda: setattr(server, "should_exit", True)
+    )
+    await cloud_broker.subscribed(shared_gateway_batches(SHARE_GROUP))
+    await wait_started(server, api_task)
+    api_url = f"https://127.0.0.1:{cloud.api.port}"
+    display.step(f"cloud: ingest worker on SQLite ({workdir.database}), API {api_url}")
+    return _Parts(display, sink, cloud_broker, local_brokers, uplinks, cloud, database, bg, api_url)
+
+
+async def _start_agents(
+    parts: _Parts, *, settings: DemoSettings, workdir: Workdir, material: DemoPki, clock: SimClock
+) -> None:
+    """One real edge agent per gateway, on the simulated clock; wait until each is connected both ways."""
+    for i, (g, broker) in enumerate(parts.local_brokers.items()):
+        agent = EdgeAgent(
+            agent_settings(
+                g, site_id=SITES[i], workdir=workdir, pki=material, local_url=broker.url,
+                cloud_url=f"mqtts://127.0.0.1:{parts.uplinks[g].port}", speed=settings.speed,
+            ),
+            now_ms=clock.now_ms,
+        )  # fmt: skip
+        parts.agents[g] = agent
+        parts.bg.start(agent.run(), f"agent-{g}")
+    async with asyncio.timeout(AGENT_START_S):
+        for agent in parts.agents.values():
+            await agent.ready()
+    parts.display.step(
+        f"edge agents {', '.join(parts.agents)}: ingesting from their brokers, linked to the cloud"
+    )
+
+
+async def _drive(
+    parts: _Parts, *, simulation: Simulation, clock: SimClock, settings: DemoSettings, material: DemoPki,
+    truth: TruthWriter,
+) -> tuple[RunSummary, GroundTruth]:  # fmt: skip
+    """Run the fleet with the partition, then wait until the cloud and the sink hold every reading."""
+    loop = asyncio.get_running_loop()
+    scenario = simulation.scenario
+    status = _Status()
+    estimate = round(settings.devices * scenario.duration_s / scenario.sample_interval_s)
+    parts.display.start_bars(expected_readings=estimate)
+    parts.bg.start(_watch(parts, status, estimate), "progress")
+    cut = list(parts.uplinks.values())[PARTITIONED_GATEWAY]
+    parts.bg.start(_partition(clock, cut), "uplink-partition")
+
+    def progress(sim_s: float, run: RunSummary) -> None:
+        clock.advance(sim_s)
+        parts.display.fleet(sim_s, published=run.published, note=status.gateways)
+
+    ca = material.pki.ca_bundle_path
+    config = RunConfig(
+        brokers=tuple(BrokerUrl(host=b.host, port=b.port, tls=True) for b in parts.local_brokers.values()),
+        ca_file=ca, mode=ConnectionMode.MULTIPLEXED, speed=settings.speed, connections=2,
+        loadgen=TlsFiles(
+            ca_file=ca, cert_file=material.loadgen.cert_path, key_file=material.loadgen.key_path
+        ),
+    )  # fmt: skip
+    began = loop.time()
+    fleet = await run_fleet(simulation, config, on_progress=progress)
+    clock.run_free()
+    for uplink in parts.uplinks.values():
+        await uplink.restore()  # in case the fleet ended inside the partition
+    expected = ground_truth(truth.records, simulation.bindings(), parts.cloud.rules.delay_s)
+    status.expected = expected.samples_sent
+    logger.info("fleet done in %.1f s: %d messages, %d samples sent", loop.time() - began, fleet.published,
+                expected.samples_sent)  # fmt: skip
+    # A shortfall is not an error here: the summary's verdict reports it with the figures.
+    try:
+        async with asyncio.timeout(settings.settle_timeout_s):
+            await status.complete.wait()
+    except TimeoutError:
+        logger.warning("the cloud stored %d of %d readings within %g s", status.stored,
+                       expected.samples_sent, settings.settle_timeout_s)  # fmt: skip
+    else:
+        try:
+            async with asyncio.timeout(SINK_SETTLE_S):
+                await parts.sink.wait_for(lambda s: s.points["reading"] >= status.stored)
+            await _agents_caught_up(parts)
+        except TimeoutError:
+            logger.warning("the telemetry sink or the agents' reports did not catch up with the cloud")
+    parts.display.stop_bars()
+    return fleet, expected
+
+
+async def _agents_caught_up(parts: _Parts) -> None:
+    """Wait until each agent's outbox is empty and its reported chain head is the cloud's.
+
+    The agents refresh the figures ``health()`` reports once a second, so this looks every 100 ms.
+    """
+    async with asyncio.timeout(AGENT_REPORT_S):
+        while True:
+            heads = {c[0]: c[2] for c in (await asyncio.to_thread(read_cloud, parts.database.engine)).chains}
+            stats = {g: a.health()["outbox"] for g, a in parts.agents.items()}
+            if all(
+                s.get("readings") == 0
+                and s.get("frames_pending") == 0
+                and s.get("next_batch_seq") == heads[g] + 1
+                for g, s in stats.items()
+            ):
+                return
+            await asyncio.sleep(0.1)
+
+
+async def _summarize(
+    parts: _Parts, *, settings: DemoSettings, fleet: RunSummary, expected: GroundTruth, simulation: Simulation
+) -> Summary:
+    """Read the outcome back from the cloud's database, the agents and the sink; add the verdicts."""
+    cloud = await asyncio.to_thread(read_cloud, parts.database.engine)
+    heads = {g: a.health()["outbox"].get("head_hash") for g, a in parts.agents.items()}
+    summary = Summary(
+        elapsed_s=0.0, devices=settings.devices, speed=settings.speed, sim_s=simulation.scenario.duration_s,
+        messages_published=fleet.published, messages_acknowledged=fleet.acknowledged,
+        samples_sent=expected.samples_sent, readings_stored=cloud.readings,
+        telemetry_points=parts.sink.stats.points["reading"],
+        telemetry_refused=sum(parts.sink.stats.refused.values()),
+        gateways=[
+            GatewayFigures(
+                gateway_id=g, messages=counter_total(a.metrics.messages),
+                duplicates=counter_total(a.metrics.duplicates),
+                rejects=counter_by_label(a.metrics.rejected, "reason"),
+                local_alerts=counter_total(a.metrics.local_alerts), head_hash=heads[g],
+                uplink_cuts=parts.uplinks[g].cuts,
+            )
+            for g, a in parts.agents.items()
+        ],
+        cloud_rejects=cloud.rejects, alerts=cloud.alerts, holds=cloud.holds,
+        chains=[ChainLine(g, site, seq, head, heads.get(g), n_batches, n_readings, gaps)
+                for g, site, seq, head, n_batches, n_readings, gaps in cloud.chains],
+    )  # fmt: skip
+    summary.verdicts = verdicts(summary, expected, simulation.bindings())
+    return summary
+
+
+def _announce(console: Console, parts: _Parts, *, ca_file: str, workdir: Workdir) -> None:
+    api_url, key = parts.api_url, parts.database.admin_key
+    lines = [
+        "",
+        f"[bold]The cloud API is up:[/] {api_url}  (OpenAPI: {api_url}/openapi.json)",
+        f"[bold]Admin API key (shown once):[/] {key}",
+        f"Try:  curl --cacert {ca_file} -H 'Authorization: Bearer {key}' {api_url}/v1/holds",
+        f"More keys:  COLDTRACE_CLOUD_DATABASE_URL=sqlite:///{workdir.database} "
+        "coldtrace cloud keys create --role quality --name you",
+        "Press Ctrl-C to stop.",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True)  # never wrapped inside a key or a URL
+
+
+async def _partition(clock: SimClock, uplink: Uplink) -> None:
+    """Cut the gateway's uplink for the scenario's partition, in simulated time."""
+    await clock.reached(PARTITION_AT_S)
+    await uplink.cut()
+    await clock.reached(PARTITION_AT_S + PARTITION_S)
+    await uplink.restore()
+
+
+async def _watch(parts: _Parts, status: _Status, estimate: int) -> None:
+    """Refresh the bars from the cloud's database and the agents; flag when every reading is stored."""
+    while True:
+        status.stored, status.alerts, status.holds = await asyncio.to_thread(
+            stored_readings, parts.database.engine
+        )
+        notes = []
+        for g, agent in parts.agents.items():
+            backlog = int(agent.health()["outbox"].get("readings", 0) or 0)
+            link = "uplink CUT" if not parts.uplinks[g].is_up else "up"
+            notes.append(f"{g} {link}, outbox {backlog:,}")
+        status.gateways = " · ".join(notes)
+        exact = status.expected is not None
+        parts.display.cloud(
+            status.stored, expected=status.expected if status.expected is not None else estimate, exact=exact,
+            note=f"readings stored · alerts {status.alerts} · holds {status.holds}",
+        )  # fmt: skip
+        if status.expected is not None and status.stored >= status.expected:
+            status.complete.set()
+        await asyncio.sleep(STATUS_EVERY_S)
