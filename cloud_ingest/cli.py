@@ -86,6 +86,7 @@ async def _serve(engine: Engine, settings: CloudSettings) -> None:
     from cloud_ingest.api.tls import EmbeddedServer, IngestTls, ingest_server, serve_all  # noqa: PLC0415
     from cloud_ingest.ingest import Ingestor  # noqa: PLC0415
     from cloud_ingest.publisher import MqttManifestPublisher  # noqa: PLC0415
+    from coldtrace.metrics_server import serve as serve_metrics  # noqa: PLC0415
 
     api = settings.api
     async with contextlib.AsyncExitStack() as stack:
@@ -123,7 +124,18 @@ async def _serve(engine: Engine, settings: CloudSettings) -> None:
             except (OSError, ssl.SSLError) as exc:
                 _err.print(f"[red]error:[/] cannot load the ingest listener's TLS files: {exc}")
                 raise typer.Exit(ExitCode.USAGE) from exc
-        await serve_all(servers)
+        async with asyncio.TaskGroup() as tg:
+            metrics = None
+            if api.metrics_port is not None:
+                ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                metrics = tg.create_task(
+                    serve_metrics(settings.metrics_host, api.metrics_port, app.state.metrics,
+                                  lambda: {"api": "up"}, ready=ready),
+                    name="api-metrics",
+                )  # fmt: skip
+            await serve_all(servers)
+            if metrics is not None:
+                metrics.cancel()  # the HTTPS servers have stopped: so does the metrics endpoint
 
 
 def _public_key(text: str) -> Ed25519PublicKey:

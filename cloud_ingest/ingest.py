@@ -481,7 +481,7 @@ class Ingestor:
                 rows.append({
                     "device_id": r.device_id, "seq": r.seq, "gateway_id": gw, "batch_seq": seq,
                     "site_id": r.site_id, "t_device_ms": r.t_device_ms, "t_gateway_ms": r.t_gateway_ms,
-                    "received_ms": received_ms, "clock": r.clock.value, "temperature_c": r.temperature_c,
+                    "received_ms": received_ms, "clock": r.clock, "temperature_c": r.temperature_c,
                     "humidity_pct": r.humidity_pct, "shock_g": r.shock_g, "battery_v": r.battery_v,
                     "anomaly_score": r.anomaly_score, "flags": ",".join(r.flags),
                     "shipment_id": r.shipment_id, "lot_ids": ",".join(r.lot_ids),

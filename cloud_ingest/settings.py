@@ -116,6 +116,9 @@ class ApiSettings(BaseModel):
     """The PKI's CRL: a revoked gateway certificate fails the ingest handshake (re-read when it changes)."""
     ingest_port: Annotated[int, Field(ge=0, le=65535)] | None = 8444
     """Gateways' HTTPS ingest listener (mutual TLS; needs cert_file, key_file, client_ca_file). None: off."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 9464
+    """Prometheus ``/metrics`` and ``/health`` of the API process, on ``metrics_host`` (workers count
+    up from ``metrics_port``, 9465). None: off."""
 
 
 class OAuthSettings(BaseModel):

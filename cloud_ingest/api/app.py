@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_ingest.api.auth import ApiKeyVerifier, TokenVerifier
+from cloud_ingest.api.metrics import ApiMetrics
 from cloud_ingest.api.models import ErrorOut, Health
 from cloud_ingest.api.routes import alerts, devices, gateways, holds, lots, manifests, shipments, webhooks
 from cloud_ingest.api.routes.manifests import ManifestPublisher, contract_schemas
@@ -135,6 +136,8 @@ def create_app(
 
         verifiers = (OAuthVerifier(settings.oauth), *verifiers)
     app.state.token_verifiers = verifiers
+    app.state.metrics = metrics = ApiMetrics()
+    app.middleware("http")(metrics.middleware)
     app.add_exception_handler(CloudError, _cloud_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)

@@ -68,11 +68,12 @@ def test_a_file_that_is_no_key_is_an_input_error(tmp_path: Path, config: Path) -
 def test_serve_answers_and_stops_on_sigterm(
     tmp_path: Path, pki: Pki, server_identity: IssuedIdentity
 ) -> None:
-    api_port, ingest_port = free_port(), free_port()
+    api_port, ingest_port, metrics_port = free_port(), free_port(), free_port()
     config = tmp_path / "cloud.toml"
     config.write_text(
         f'database_url = "sqlite:///{tmp_path / "cloud.db"}"\n[api]\nport = {api_port}\n'
-        f'ingest_port = {ingest_port}\ncert_file = "{server_identity.chain_path}"\n'
+        f"metrics_port = {metrics_port}\ningest_port = {ingest_port}\n"
+        f'cert_file = "{server_identity.chain_path}"\n'
         f'key_file = "{server_identity.key_path}"\nclient_ca_file = "{pki.ca_bundle_path}"\n'
     )
     process = subprocess.Popen(
@@ -93,6 +94,8 @@ def test_serve_answers_and_stops_on_sigterm(
                     )
                     time.sleep(0.1)
             assert response.status_code == 200
+            exposition = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2.0).text
+            assert 'coldtrace_api_requests_total{method="GET",route="healthz",status="200"} 1.0' in exposition
             # The ingest listener insists on a client certificate.
             with pytest.raises(httpx.TransportError):
                 client.post(f"https://localhost:{ingest_port}/v1/ingest/batches", content=b"x")
