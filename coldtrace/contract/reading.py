@@ -107,20 +107,22 @@ class Reading(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
+        # Runs for every reading the cloud decodes: plain comparisons, no temporaries on the common path.
         if (self.lat is None) != (self.lon is None):
             missing = "lon" if self.lon is None else "lat"
             raise _field_error(missing, "lat and lon must be given together")
-        if all(
-            v is None for v in (self.temperature_c, self.humidity_pct, self.shock_g, self.battery_v, self.lat)
-        ):
+        if (
+            self.temperature_c is None and self.humidity_pct is None and self.shock_g is None
+            and self.battery_v is None and self.lat is None
+        ):  # fmt: skip
             raise _field_error("temperature_c", "a reading must carry at least one measured quantity")
         if self.bound and self.shipment_id is None and not self.lot_ids:
             raise _field_error("bound", "a bound reading needs a shipment_id or lot_ids")
         if not self.bound and (self.shipment_id is not None or self.lot_ids):
             raise _field_error("bound", "an unbound reading must not name a shipment or lots")
-        if list(self.lot_ids) != sorted(set(self.lot_ids)):
+        if len(self.lot_ids) > 1 and list(self.lot_ids) != sorted(set(self.lot_ids)):
             raise _field_error("lot_ids", "must be sorted and without repeats")
-        if list(self.flags) != sorted(set(self.flags)):
+        if len(self.flags) > 1 and list(self.flags) != sorted(set(self.flags)):
             raise _field_error("flags", "must be sorted and without repeats")
         if (self.anomaly_score is None) != (self.model is None):
             raise _field_error("model", "anomaly_score and model must be given together")
