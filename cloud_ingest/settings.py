@@ -9,9 +9,9 @@ Environment variables use the prefix ``COLDTRACE_CLOUD_`` and ``__`` between nes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from coldtrace.contract.limits import MAX_BATCH_BYTES
@@ -87,6 +87,10 @@ class RuleSettings(BaseModel):
     mkt_activation_k: Annotated[float, Field(gt=0)] = 10_000.0
     """ΔH/R in kelvin for mean kinetic temperature (83.144 kJ/mol, the ICH default)."""
     mkt_window_h: Annotated[int, Field(ge=1, le=24 * 30)] = 24
+    mkt_min_coverage_h: Annotated[int, Field(ge=1, le=24 * 30)] = 12
+    """Hours of the window that must hold readings before MKT is judged: over the first hour of a
+    shipment, a ten-minute door opening would otherwise be most of the average and hold the product
+    long before the threshold rule's delay says it is an excursion."""
     mkt_max_c: dict[ProfileName, float] = Field(
         default_factory=lambda: {
             ProfileName.VACCINES: 8.0,
@@ -99,6 +103,15 @@ class RuleSettings(BaseModel):
     """Edge anomaly scores at or above this mark a reading as a probable glitch."""
     recompute_lookback_s: Annotated[float, Field(gt=0)] = 86_400.0
     """How far back a late (backfilled) reading makes the engine re-read a device's history."""
+
+    @model_validator(mode="after")
+    def _coverage_fits_the_window(self) -> Self:
+        if self.mkt_min_coverage_h > self.mkt_window_h:
+            raise ValueError(
+                f"mkt_min_coverage_h ({self.mkt_min_coverage_h}) cannot exceed "
+                f"mkt_window_h ({self.mkt_window_h})"
+            )
+        return self
 
 
 class ApiSettings(BaseModel):

@@ -336,6 +336,9 @@ class RuleEngine:
         rows = [{"subject": s, "hour_ms": h, "sum_exp": v[0], "n": int(v[1])} for (s, h), v in sums.items()]
         _ADD_MKT(conn, rows)
         totals = self._mkt_totals(conn, list(profiles))
+        # Too few hours of the window, and a short spike would be most of the average: not judged yet.
+        covered = self.settings.mkt_min_coverage_h
+        profiles = {s: p for s, p in profiles.items() if totals[s][3] >= covered}
         values = {subject: mkt_from_sums(totals[subject][1], totals[subject][2], k) for subject in profiles}
         # Only subjects with an open MKT alert can have one to clear: find them in one query.
         clearable = self._open_alerts(
@@ -361,11 +364,12 @@ class RuleEngine:
             if not self._correlated(conn, spec, now_ms):
                 self._raise_and_hold(conn, spec, now_ms, outcome)
 
-    def _mkt_totals(self, conn: Connection, subjects: list[str]) -> dict[str, tuple[int, float, int]]:
-        """Per subject: its newest hour and the sums over the MKT window that ends there (one query)."""
+    def _mkt_totals(self, conn: Connection, subjects: list[str]) -> dict[str, tuple[int, float, int, int]]:
+        """Per subject: its newest hour, the sums over the MKT window that ends there and the hours in
+        it that hold readings (one query)."""
         window_ms = self.settings.mkt_window_h * HOUR_MS
         rows = conn.execute(_MKT_TOTALS, {"subjects": subjects, "window_ms": window_ms})
-        return {row[0]: (int(row[1]), float(row[2]), int(row[3])) for row in rows}
+        return {row[0]: (int(row[1]), float(row[2]), int(row[3]), int(row[4])) for row in rows}
 
     @staticmethod
     def _open_alerts(conn: Connection, dedupe_keys: list[str]) -> set[str]:
@@ -407,7 +411,8 @@ _NEWEST_MKT = (
 )
 _NEWEST = _NEWEST_MKT.c
 _MKT_TOTALS = (
-    select(_NEWEST.subject, _NEWEST.newest, func.sum(mkt_buckets.c.sum_exp), func.sum(mkt_buckets.c.n))
+    select(_NEWEST.subject, _NEWEST.newest, func.sum(mkt_buckets.c.sum_exp), func.sum(mkt_buckets.c.n),
+           func.count())
     .join_from(_NEWEST_MKT, mkt_buckets, and_(
         mkt_buckets.c.subject == _NEWEST.subject,
         mkt_buckets.c.hour_ms > _NEWEST.newest - bindparam("window_ms"),

@@ -8,8 +8,9 @@ from sqlalchemy import Engine, select
 from cloud_ingest.db.tables import alert_events, alerts, budgets, holds, outbox_events
 from cloud_ingest.ingest import Ingestor, Outcome
 from cloud_ingest.metrics import CloudMetrics
-from cloud_ingest.settings import CloudSettings
+from cloud_ingest.settings import CloudSettings, RuleSettings
 from coldtrace.contract.reading import Flag
+from coldtrace.profiles import ProfileName
 from tests.cloud_ingest.builders import MINUTE, T0, GatewaySim, add_shipment, reading, series
 
 NOW = T0 + 48 * 3_600_000
@@ -136,3 +137,32 @@ def test_the_out_of_range_budget_does_not_depend_on_arrival_order(
     ingestor, gw = cloud
     # 30 readings a minute apart: 29 minutes between the first and the last.
     assert _budget_after(engine, ingestor, gw, order) == 29 * MINUTE
+
+
+def test_mkt_is_judged_once_the_window_holds_enough_hours_then_alerts_and_holds(engine: Engine) -> None:
+    add_shipment(engine, "SHP-1", ("LOT-1",))
+    gw = GatewaySim()
+    gw.register(engine)
+    # Only MKT can fire: no threshold delay or budget is ever reached.
+    profile = ProfileName.VACCINES
+    d = RuleSettings()
+    rules = RuleSettings(delay_s={**d.delay_s, profile: 1e9}, budget_s={**d.budget_s, profile: 1e9},
+                         mkt_min_coverage_h=12)  # fmt: skip
+    ingestor = Ingestor(engine, CloudSettings(rules=rules), metrics=CloudMetrics(), clock=lambda: NOW)
+    warm = list(
+        series("dev-a", [9.5] * 13 * 6, step_ms=10 * MINUTE, lot_ids=("LOT-1",))
+    )  # 13 h, every 10 min
+
+    send_all(ingestor, gw, warm[: 2 * 6])  # 2 h at 9.5 °C: MKT 9.5 > 8, but over 3 hour buckets of 24
+    assert rows(engine, alerts) == []
+    send_all(ingestor, gw, warm[2 * 6 : 10 * 6])  # T0 is 13 min into an hour: 11 buckets, not judged
+    assert rows(engine, alerts) == []
+    send_all(ingestor, gw, warm[10 * 6 :])  # 12 and more buckets: judged, and over the limit
+    found = rows(engine, alerts)
+    assert [(a.rule_id, a.subject_type, a.subject_id) for a in found] == [("mkt", "shipment", "SHP-1")]
+    assert [(h.subject_id, h.alert_id) for h in rows(engine, holds)] == [("SHP-1", found[0].id)]
+
+
+def test_mkt_coverage_cannot_exceed_its_window() -> None:
+    with pytest.raises(ValueError, match="mkt_min_coverage_h"):
+        RuleSettings(mkt_window_h=6, mkt_min_coverage_h=12)
