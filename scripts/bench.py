@@ -1,7 +1,7 @@
 """coldtrace benchmarks: measure, then write the figures into BENCHMARKS.md.
 
     python scripts/bench.py sim [--seconds 40] [--ladder 1000,2500,5000,10000]
-                                [--modes multiplexed,per-device]
+                                [--modes multiplexed,per-device] [--quick]
 
 Each step runs in a fresh child process (so peak memory is that step's own) against a private
 Mosquitto over mutual TLS that this script starts and stops. Figures are measured, never edited by hand.
@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,44 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from certs.pki import Pki, Role  # noqa: E402
-from coldtrace import __version__  # noqa: E402
 from coldtrace.mqtt import BrokerUrl, TlsFiles  # noqa: E402
 from firmware_sim.fleet import Simulation  # noqa: E402
 from firmware_sim.runner import ConnectionMode, RunConfig, run_fleet  # noqa: E402
 from firmware_sim.scenario import builtin_scenarios  # noqa: E402
 from firmware_sim.truth import TruthWriter  # noqa: E402
+from scripts.benchdoc import machine, machine_lines, write_section  # noqa: E402
 
 #: The target the simulator must meet at a given fleet size (issue #4).
 LAG_P99_LIMIT_S = 1.0
-
-
-def _machine() -> dict[str, str]:
-    cpu = "unknown"
-    with Path("/proc/cpuinfo").open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    mosquitto = subprocess.run(["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, check=False)
-    import paho.mqtt  # noqa: PLC0415 - only for its version
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
-    )
-    return {
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
-        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "paho-mqtt": paho.mqtt.__version__,
-        "mosquitto": mosquitto.stdout.splitlines()[0] if mosquitto.stdout else "unknown",
-        "coldtrace": f"{__version__} ({commit.stdout.strip() or 'no git'})",
-    }
 
 
 def _sim_step(args: argparse.Namespace) -> None:
@@ -107,27 +76,11 @@ def _sim_step(args: argparse.Namespace) -> None:
     )
 
 
-def _write_section(name: str, body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = (
-        path.read_text(encoding="utf-8")
-        if path.exists()
-        else "# coldtrace benchmarks\n\nFigures written by `python scripts/bench.py`; never edited by hand.\n"
-    )
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def _sim(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles  # noqa: PLC0415
 
-    machine = _machine()
+    versions = machine()
     ladder = [int(n) for n in args.ladder.split(",")]
     modes = args.modes.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +125,11 @@ def _sim(args: argparse.Namespace) -> None:
                     rows.append(row)
         finally:
             broker.close()
-    _write_section("sim", _sim_report(rows, machine, args))
+    section = _sim_report(rows, versions, args)
+    if args.quick:
+        print(section)
+    else:
+        write_section("sim", section)
 
 
 def _device_ids(n: int) -> list[str]:
@@ -213,8 +170,11 @@ def _sim_report(rows: list[dict[str, object]], machine: dict[str, str], args: ar
         "",
         "Largest passing fleet: " + ", ".join(f"{m} {n} devices" for m, n in best.items()) + ".",
         "",
+        "Baseline: none measured in this run, so no ratio; each step is judged against the target above "
+        "(issue #4).",
+        "",
     ]
-    lines += ["Machine and versions:", ""] + [f"- {k}: {v}" for k, v in machine.items()]
+    lines += machine_lines(machine)
     return "\n".join(lines)
 
 
@@ -228,6 +188,7 @@ def main() -> None:
     sim.add_argument("--seconds", type=int, default=40)
     sim.add_argument("--ladder", default="1000,2500,5000,10000")
     sim.add_argument("--modes", default="multiplexed,per-device")
+    sim.add_argument("--quick", action="store_true", help="A smoke run of seconds; prints, writes nothing.")
     step = sub.add_parser("_sim-step")
     step.add_argument("--devices", type=int, required=True)
     step.add_argument("--mode", required=True)
@@ -235,6 +196,8 @@ def main() -> None:
     step.add_argument("--broker", required=True)
     step.add_argument("--pki", required=True)
     args = parser.parse_args()
+    if getattr(args, "quick", False):
+        args.seconds, args.ladder, args.modes = 3, "200", "multiplexed"
     {"sim": _sim, "_sim-step": _sim_step}[args.command](args)
 
 
