@@ -605,3 +605,4 @@ class Ingestor:
         m.alerts_raised.inc(outcome.alerts_raised)
         m.holds_placed.inc(outcome.holds_placed)
         m.glitches.inc(outcome.glitches_flagged)
+        m.replayed.inc(outcome.replayed_readings)

@@ -43,6 +43,11 @@ class CloudMetrics:
             "coldtrace_cloud_glitches_flagged", "Isolated glitch-scored breaches flagged, not alerted",
             registry=r,
         )  # fmt: skip
+        self.replayed = Counter(
+            "coldtrace_cloud_rules_replayed_readings",
+            "Stored readings the rules re-read to place late (backfilled) readings in context",
+            registry=r,
+        )
         self.chain_gaps = Counter(
             "coldtrace_cloud_chain_gaps", "Gaps detected in gateways' batch chains", registry=r
         )

@@ -45,6 +45,8 @@ class RuleOutcome:
     holds_placed: int = 0
     glitches_flagged: int = 0
     replayed_devices: int = 0
+    replayed_readings: int = 0
+    """Stored readings re-read to place late ones in context."""
     alert_ids: list[int] = field(default_factory=list)
 
 
@@ -96,6 +98,7 @@ class RuleEngine:
             newest = max((st.last_t_ms for st in device_states.values()), default=-1)
             if new[0].t_ms <= newest:
                 series = self._history(conn, device_id, new)
+                outcome.replayed_readings += sum(not s.new for s in series)
                 device_states = {rule: RunState() for rule in THRESHOLD_RULES}
                 states[device_id] = device_states
                 outcome.replayed_devices += 1
@@ -155,10 +158,10 @@ class RuleEngine:
         _SAVE_STATES(conn, rows)
 
     def _history(self, conn: Connection, device_id: str, new: list[Sample]) -> list[Sample]:
-        """The device's stored readings from the lookback on, with ``new`` marked as new."""
+        """The device's stored readings from where a replay must start, with ``new`` marked as new."""
         new_seqs = {s.seq for s in new}
         template = {s.seq: s for s in new}
-        since = new[0].t_ms - self._lookback_ms
+        since = self._replay_from(conn, device_id, new)
         rows = conn.execute(
             select(
                 readings.c.seq, readings.c.t_device_ms, readings.c.temperature_c, readings.c.humidity_pct,
@@ -169,7 +172,7 @@ class RuleEngine:
             .order_by(readings.c.t_device_ms, readings.c.seq)
         )  # fmt: skip
         profile = new[-1].profile
-        out = []
+        out: list[Sample] = []
         for row in rows:
             if row.seq in template:
                 out.append(template[row.seq])
@@ -183,6 +186,34 @@ class RuleEngine:
                 )
             )  # fmt: skip
         return out
+
+    def _replay_from(self, conn: Connection, device_id: str, new: list[Sample]) -> int:
+        """Where replaying the device's history must start for the late readings ``new``.
+
+        Usually at the stored reading just before the first late one: when each rule's newest value
+        before it is in range, no run is open there, so fresh state from that reading on is exact and
+        a backfill after an outage replays the outage, not ``recompute_lookback_s`` of history. When
+        a run may be open there (or nothing precedes), the whole lookback.
+        """
+        first = new[0].t_ms
+        lookback = first - self._lookback_ms
+        before = (readings.c.device_id == device_id, readings.c.t_device_ms < first,
+                  readings.c.t_device_ms >= lookback)  # fmt: skip
+        latest = (readings.c.t_device_ms.desc(), readings.c.seq.desc())
+        previous = conn.execute(
+            select(readings.c.t_device_ms).where(*before).order_by(*latest).limit(1)
+        ).scalar_one_or_none()
+        profile = new[-1].profile
+        if previous is None or profile is None:
+            return lookback
+        for rule in self._thresholds[profile].values():
+            column = readings.c[rule.quantity.value]
+            value = conn.execute(
+                select(column).where(*before, column.is_not(None)).order_by(*latest).limit(1)
+            ).scalar_one_or_none()
+            if rule.excess(value) is not None:
+                return lookback
+        return int(previous)
 
     # -- alerts and holds ----------------------------------------------------------------------------
     def _fire(self, conn: Connection, firing: Firing, now_ms: int, outcome: RuleOutcome) -> None:

@@ -166,3 +166,33 @@ def test_mkt_is_judged_once_the_window_holds_enough_hours_then_alerts_and_holds(
 def test_mkt_coverage_cannot_exceed_its_window() -> None:
     with pytest.raises(ValueError, match="mkt_min_coverage_h"):
         RuleSettings(mkt_window_h=6, mkt_min_coverage_h=12)
+
+
+def test_a_backfill_replays_from_the_reading_before_it_not_the_whole_lookback(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim]
+) -> None:
+    ingestor, gw = cloud
+    # Ten hours in range, then a 20-minute outage whose backlog arrives after the live readings.
+    history = list(series("dev-a", [5.0] * 600))
+    outage = list(series("dev-a", [5.0] * 20, start_ms=T0 + 600 * MINUTE, first_seq=601))
+    live = list(series("dev-a", [5.0] * 5, start_ms=T0 + 620 * MINUTE, first_seq=621))
+    send_all(ingestor, gw, history + live, per_batch=100)
+    send_all(ingestor, gw, outage, per_batch=20)
+    replayed = ingestor.metrics.registry.get_sample_value("coldtrace_cloud_rules_replayed_readings_total")
+    assert replayed == 1 + 5  # the reading before the backlog and the live ones after it
+
+
+def test_a_backfill_behind_an_open_breach_replays_the_lookback_to_keep_the_true_start(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim]
+) -> None:
+    ingestor, gw = cloud
+    # The breach began before the outage: the run is open at the reading before the backlog.
+    before = list(series("dev-a", [5.0] * 10 + [11.0] * 5))
+    outage = list(series("dev-a", [11.0] * 20, start_ms=T0 + 15 * MINUTE, first_seq=16))
+    live = list(series("dev-a", [11.0] * 5, start_ms=T0 + 35 * MINUTE, first_seq=36))
+    send_all(ingestor, gw, before + live)
+    send_all(ingestor, gw, outage, per_batch=20)
+    found = rows(engine, alerts)
+    assert [(a.rule_id, a.started_ms) for a in found] == [("temp_high", T0 + 10 * MINUTE)]
+    replayed = ingestor.metrics.registry.get_sample_value("coldtrace_cloud_rules_replayed_readings_total")
+    assert replayed == 15 + 5  # everything stored within the lookback
