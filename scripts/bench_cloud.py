@@ -21,7 +21,10 @@ runs alone on the last core (``os.sched_setaffinity``).
    ``batch_max_age_ms``). Once a second one batch also carries an out-of-range reading (no glitch
    score) of a device bound to a shipment that never reported; the clock runs from that batch's
    publish until ``GET /v1/holds?subject_id=<shipment>`` (polled every 20 ms with an API key) shows
-   the hold.
+   the hold. Baseline, in the same run at each load, on the same broker: the worker and the API
+   stopped (and the worker's session ended), the same frames are paced the same way to a bare
+   subscriber (``scripts/bare_subscriber.py``) on the worker's core, which acknowledges each message
+   as it takes it; the clock runs from a marker batch's publish to its receipt.
 
 Writes the "cloud" section of BENCHMARKS.md (``--quick``: a smoke run of seconds that writes nothing).
 """
@@ -43,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -690,42 +693,49 @@ async def hold_latency(stack: Stack, rate: int) -> dict[str, Any]:
                 frames=frames, injections=injections, worker_pid=worker.pid, api_pid=api.pid,
                 per_batch=per_batch,
             )  # fmt: skip
-            for client in clients.values():
-                await client.disconnect()
         await stop(worker)
         await stop(api)
         if worker.returncode != 0:
             raise SystemExit(f"the worker failed; its log:\n{tail(worker_log)}")
+        await forget(stack, broker, WORKER_CLIENT)  # nothing queues for the stopped worker meanwhile
+        transport = await _offer_transport(
+            stack=stack, broker=broker, clients=clients, frames=frames, injections=injections,
+            per_batch=per_batch, rate=rate,
+        )  # fmt: skip
+        for client in clients.values():
+            await client.disconnect()
     finally:
         broker.close()
     engine.dispose()
-    return {"rate": rate, "fleet": fleet, "per_batch": per_batch, **result}
+    return {"rate": rate, "fleet": fleet, "per_batch": per_batch, **result, "transport": transport}
 
 
-async def _offer_load(
-    *,
-    stack: Stack, broker: Mosquitto, engine: Engine, http: httpx.AsyncClient, key: str,
-    clients: dict[str, MqttClient], frames: dict[str, list[bytes]], injections: list[Injection],
-    worker_pid: int, api_pid: int, per_batch: int,
-) -> dict[str, Any]:  # fmt: skip
-    args = stack.args
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One paced batch as it went out."""
+
+    gateway: int
+    batch: int
+    at: float
+    """``time.monotonic()`` just before the publish."""
+    readings: int
+
+
+async def pace_load(
+    *, args: argparse.Namespace, clients: dict[str, MqttClient], frames: dict[str, list[bytes]],
+    injections: list[Injection], per_batch: int, on_marker: Callable[[Injection, float], object],
+    mark: Callable[[str], Awaitable[None]],
+) -> list[Sent]:  # fmt: skip
+    """Part 2's load: each gateway publishes its next frame every ``BATCH_AGE_S`` (gateways staggered).
+
+    ``on_marker(injection, at)`` runs as a batch carrying an injection goes out; ``mark("start")`` and
+    ``mark("end")`` bracket the measured window (``--warmup`` s after the start, ``--hold-seconds``
+    long). Returns once the broker acknowledged every publish; a refusal is fatal.
+    """
     by_batch = {(j.gateway, j.batch): j for j in injections}
-    excursions: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
-    watcher = asyncio.create_task(watch_holds(http, key, excursions))
-    published: list[tuple[float, int]] = []  # (when, readings)
-    marks: dict[str, tuple[float, int, float, dict[str, float], list[float]]] = {}
-    cores = sorted(os.sched_getaffinity(0) | {stack.core})
+    sent: list[Sent] = []
     begin = time.monotonic() + 0.5
     names = list(frames)
-
-    async def mark(name: str) -> None:
-        at, cpu, busy = time.monotonic(), cpu_seconds(worker_pid), [core_busy_s(c) for c in cores]
-        others = {
-            **server_cpu(stack, broker),
-            "API": cpu_seconds(api_pid),
-            "this script": time.process_time(),
-        }
-        marks[name] = (at, await asyncio.to_thread(committed, engine), cpu, others, busy)
 
     async def pace(g: int) -> list[asyncio.Future[Any]]:
         client, topic = clients[names[g]], gateway_batches(names[g])
@@ -737,9 +747,9 @@ async def _offer_load(
             now = time.monotonic()
             j = by_batch.get((g, b))
             if j is not None:
-                excursions.put_nowait((j.shipment, now))
+                on_marker(j, now)
             futures.append(client.publish_nowait(topic, frame, qos=1))
-            published.append((now, per_batch + (j is not None)))
+            sent.append(Sent(g, b, now, per_batch + (j is not None)))
         return futures
 
     async def marker() -> None:
@@ -752,12 +762,45 @@ async def _offer_load(
     pacers = [asyncio.create_task(pace(g)) for g in range(len(names))]
     acks = [f for futures in await asyncio.gather(*pacers) for f in futures]
     await marking
-    offered_until = max(t for t, _ in published)
     if any(reason.is_failure for reason in await asyncio.gather(*acks)):
         raise SystemExit("the broker refused some batches")
+    return sent
+
+
+def offered(sent: Sequence[Sent], t0: float, t1: float) -> float:
+    """Readings/s published in [t0, t1)."""
+    return sum(s.readings for s in sent if t0 <= s.at < t1) / (t1 - t0)
+
+
+async def _offer_load(
+    *,
+    stack: Stack, broker: Mosquitto, engine: Engine, http: httpx.AsyncClient, key: str,
+    clients: dict[str, MqttClient], frames: dict[str, list[bytes]], injections: list[Injection],
+    worker_pid: int, api_pid: int, per_batch: int,
+) -> dict[str, Any]:  # fmt: skip
+    args = stack.args
+    excursions: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
+    watcher = asyncio.create_task(watch_holds(http, key, excursions))
+    marks: dict[str, tuple[float, int, float, dict[str, float], list[float]]] = {}
+    cores = sorted(os.sched_getaffinity(0) | {stack.core})
+
+    async def mark(name: str) -> None:
+        at, cpu, busy = time.monotonic(), cpu_seconds(worker_pid), [core_busy_s(c) for c in cores]
+        others = {
+            **server_cpu(stack, broker),
+            "API": cpu_seconds(api_pid),
+            "this script": time.process_time(),
+        }
+        marks[name] = (at, await asyncio.to_thread(committed, engine), cpu, others, busy)
+
+    sent = await pace_load(
+        args=args, clients=clients, frames=frames, injections=injections, per_batch=per_batch,
+        on_marker=lambda j, at: excursions.put_nowait((j.shipment, at)), mark=mark,
+    )  # fmt: skip
+    offered_until = max(s.at for s in sent)
     excursions.put_nowait(None)
     latencies = await watcher
-    total = sum(n for _, n in published)
+    total = sum(s.readings for s in sent)
     async with asyncio.timeout(args.timeout):
         while await asyncio.to_thread(committed, engine) < total:  # noqa: ASYNC110 - the worker's commits
             await asyncio.sleep(0.05)
@@ -766,7 +809,7 @@ async def _offer_load(
     return {
         "injected": len(injections),
         "latencies": [x for x in latencies if x is not None],
-        "offered_rate": sum(n for t, n in published if t0 <= t < t1) / (t1 - t0),
+        "offered_rate": offered(sent, t0, t1),
         "committed_rate": (n1 - n0) / (t1 - t0),
         "window_s": t1 - t0,
         "worker_busy": (cpu1 - cpu0) / (t1 - t0),
@@ -775,6 +818,83 @@ async def _offer_load(
         "caught_up_s": caught_up,
         "core": stack.core,
         "readings": total,
+    }
+
+
+async def forget(stack: Stack, broker: Mosquitto, client_id: str) -> None:
+    """End a persistent session (clean start, no expiry), so the broker stops queueing for it."""
+    client = MqttClient(
+        client_id=client_id, broker=BrokerUrl.parse(f"mqtts://127.0.0.1:{broker.port}"),
+        tls=stack.service_tls(), clean_start=True, session_expiry_s=0,
+    )  # fmt: skip
+    await client.connect()
+    await client.disconnect()
+
+
+async def _offer_transport(
+    *, stack: Stack, broker: Mosquitto, clients: dict[str, MqttClient], frames: dict[str, list[bytes]],
+    injections: list[Injection], per_batch: int, rate: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The baseline: the same paced frames to a bare subscriber on the worker's core; publish → receipt."""
+    args = stack.args
+    tls = stack.service_tls()
+    out, ready = stack.tmp / f"bare-sub-{rate}.json", stack.tmp / f"bare-sub-{rate}.ready"
+    expected = sum(len(f) for f in frames.values())
+    receive_maximum = min(65535, 2 * BrokerSettings.model_fields["group_max_frames"].default)
+    proc, log = await stack.spawn(f"bare-sub-{rate}", [
+        sys.executable, str(ROOT / "scripts" / "bare_subscriber.py"), "--core", str(stack.core),
+        "--broker", f"mqtts://127.0.0.1:{broker.port}", "--ca", str(tls.ca_file), "--cert",
+        str(tls.cert_file), "--key", str(tls.key_file), "--client-id", BARE_CLIENT, "--share-group", "bare",
+        "--receive-maximum", str(receive_maximum), "--expected", str(expected), "--ready", str(ready),
+        "--out", str(out),
+    ])  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            while not ready.exists():  # the subscriber touches it once subscribed
+                if proc.returncode is not None:
+                    raise SystemExit(f"the bare subscriber stopped early; its log:\n{tail(log)}")
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise SystemExit(f"the bare subscriber did not subscribe; its log:\n{tail(log)}") from None
+    marks: dict[str, tuple[float, float, dict[str, float], list[float]]] = {}
+    cores = sorted(os.sched_getaffinity(0) | {stack.core})
+
+    async def mark(name: str) -> None:
+        at, cpu, busy = time.monotonic(), cpu_seconds(proc.pid), [core_busy_s(c) for c in cores]
+        marks[name] = (at, cpu, {**server_cpu(stack, broker), "this script": time.process_time()}, busy)
+
+    sent = await pace_load(
+        args=args, clients=clients, frames=frames, injections=injections, per_batch=per_batch,
+        on_marker=lambda _j, _at: None, mark=mark,
+    )  # fmt: skip
+    await finish(proc, log, args.timeout)
+    names = list(frames)
+    arrivals: dict[str, list[float]] = {gateway_batches(name): [] for name in names}
+    for topic, at in orjson.loads(out.read_bytes())["arrivals"]:
+        arrivals[topic].append(at)
+    # One publisher per topic, QoS 1, one subscriber: each topic's batches arrive in publish order.
+    for name in names:
+        if len(arrivals[gateway_batches(name)]) != len(frames[name]):
+            raise SystemExit(
+                f"the bare subscriber got {len(arrivals[gateway_batches(name)])} of "
+                f"{len(frames[name])} batches of {name}"
+            )
+    received = {
+        (g, b): at for g, name in enumerate(names) for b, at in enumerate(arrivals[gateway_batches(name)])
+    }
+    at_sent = {(s.gateway, s.batch): s.at for s in sent}
+    readings_of = {(s.gateway, s.batch): s.readings for s in sent}
+    (t0, cpu0, srv0, busy0), (t1, cpu1, srv1, busy1) = marks["start"], marks["end"]
+    return {
+        "injected": len(injections),
+        "latencies": [received[j.gateway, j.batch] - at_sent[j.gateway, j.batch] for j in injections],
+        "offered_rate": offered(sent, t0, t1),
+        "delivered_rate": sum(readings_of[k] for k, at in received.items() if t0 <= at < t1) / (t1 - t0),
+        "window_s": t1 - t0,
+        "consumer_busy": (cpu1 - cpu0) / (t1 - t0),
+        "servers_busy": {k: (srv1[k] - srv0[k]) / (t1 - t0) for k in srv1},
+        "cores_busy": {c: (b1 - b0) / (t1 - t0) for c, b0, b1 in zip(cores, busy0, busy1, strict=True)},
+        "caught_up_s": max(received.values()) - max(s.at for s in sent),
     }
 
 
@@ -810,6 +930,16 @@ def command(args: argparse.Namespace) -> str:
 
 def _servers(s: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in s.items())
+
+
+def _times(latencies: Sequence[float]) -> str:
+    """p50 | p99 | max in ms of sorted latencies (seconds), or dashes."""
+    if not latencies:
+        return "- | - | -"
+    return (
+        f"{percentile(latencies, 50) * 1000:.0f} | {percentile(latencies, 99) * 1000:.0f} "
+        f"| {latencies[-1] * 1000:.0f}"
+    )
 
 
 def render(
@@ -877,29 +1007,49 @@ def render(
         "bound to a shipment that never reported before; latency runs from that batch's publish to the "
         "first API answer listing the hold. One poller asks for the oldest outstanding excursion every "
         f"{HOLD_POLL_S * 1000:.0f} ms (so up to that much is polling; every {HOLD_SLOW_POLL_S * 1000:.0f} ms "
-        f"once {HOLD_SLOW_AFTER_S:g} s have passed; given up after {HOLD_TIMEOUT_S:g} s). Committed: "
-        "readings/s the worker committed over the window; caught up: seconds after the last publish until "
-        "every reading was committed.",
+        f"once {HOLD_SLOW_AFTER_S:g} s have passed; given up after {HOLD_TIMEOUT_S:g} s). Delivered: "
+        "readings/s the worker committed (or the bare subscriber received) over the window; caught up: "
+        "seconds after the last publish until every reading was committed (received).",
         "",
-        "| offered readings/s | batch | committed readings/s | worker's core busy | caught up s "
-        "| excursions | holds seen | p50 ms | p99 ms | max ms | p99 < 1 s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Baseline, bare transport, measured in the same run right after the worker's run at each load, on "
+        "the same broker (the worker's session ended first, so nothing queues for it) with the same "
+        "gateway connections: the same frames paced the same way (same gateways, batch sizes, rate and "
+        "marker batches), consumed on the worker's core by a bare subscriber (`scripts/bare_subscriber.py`: "
+        "shared subscription, persistent session, QoS 1, the worker's Receive Maximum, each message "
+        "acknowledged as soon as it is taken, nothing parsed or stored); its latency runs from a marker "
+        "batch's publish to its receipt.",
+        "",
+        "| offered readings/s | batch | path | delivered readings/s | consumer's core busy | caught up s "
+        "| markers | seen | p50 ms | p99 ms | max ms | p99 < 1 s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ratios = []
     for h in hold:
         lat = sorted(h["latencies"])
         ok = h["ok"] = bool(lat) and len(lat) == h["injected"] and percentile(lat, 99) < 1.0
-        times = (
-            f"{percentile(lat, 50) * 1000:.0f} | {percentile(lat, 99) * 1000:.0f} | {lat[-1] * 1000:.0f}"
-            if lat
-            else "- | - | -"
-        )
         lines.append(
-            f"| {h['offered_rate']:.0f} | {h['per_batch']} | {h['committed_rate']:.0f} "
-            f"| {h['worker_busy'] * 100:.0f} % | {h['caught_up_s']:.1f} | {h['injected']} | {len(lat)} "
-            f"| {times} | {'yes' if ok else 'no'} |"
+            f"| {h['offered_rate']:.0f} | {h['per_batch']} | worker → hold in API "
+            f"| {h['committed_rate']:.0f} | {h['worker_busy'] * 100:.0f} % | {h['caught_up_s']:.1f} "
+            f"| {h['injected']} | {len(lat)} | {_times(lat)} | {'yes' if ok else 'no'} |"
         )
+        t = h["transport"]
+        bare = sorted(t["latencies"])
+        lines.append(
+            f"| {t['offered_rate']:.0f} | {h['per_batch']} | bare subscriber → received "
+            f"| {t['delivered_rate']:.0f} | {t['consumer_busy'] * 100:.0f} % | {t['caught_up_s']:.1f} "
+            f"| {t['injected']} | {len(bare)} | {_times(bare)} | |"
+        )
+        if lat and bare:
+            ratios.append(
+                f"at {h['rate']}/s p50 {percentile(lat, 50) / percentile(bare, 50):.1f}, "
+                f"p99 {percentile(lat, 99) / percentile(bare, 99):.1f}"
+            )
     target = [h for h in hold if h["rate"] == 10_000]
     lines += [
+        "",
+        "Hold latency / transport latency (same run; bare transport is the baseline): "
+        + ("; ".join(ratios) or "not measured (no latencies on one of the paths)")
+        + ".",
         "",
         "Target p99 < 1 s at 10,000 readings/s offered: "
         + (met[target[0]["ok"]] if target else "not measured in this run")
@@ -912,10 +1062,6 @@ def render(
             for h in hold
         )
         + f" (the worker's is core {first['core']}).",
-        "",
-        "Baseline: none measured for this part, so no ratio; it is judged against the target above. "
-        "The end-to-end section measures hold latency over the whole path beside a bare-transport "
-        "baseline.",
         "",
     ]
     lines += machine_lines(machine)
