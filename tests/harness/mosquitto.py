@@ -168,6 +168,9 @@ connection_messages true
 # Persistent sessions must hold what arrives while a consumer restarts or falls behind (the default
 # of 1000 silently drops the rest).
 max_queued_messages 1000000
+# Large batches would otherwise wait on Nagle and delayed ACKs (~40 ms a hop); brokers in production
+# should set it too (see README).
+set_tcp_nodelay true
 
 listener {self.port} {self.host}
 cafile {self.cafile}
