@@ -123,7 +123,8 @@ class DemoPki:
 def make_pki(workdir: Workdir, gateway_ids: list[str]) -> DemoPki:
     """Create the CA and issue the server, service and gateway certificates."""
     try:
-        pki = Pki.init(workdir.pki_dir, org="coldtrace demo", root_days=30, issuing_days=30)
+        # Leaves must expire before their issuer: a 30-day leaf issued a moment after a 30-day CA would not.
+        pki = Pki.init(workdir.pki_dir, org="coldtrace demo", root_days=90, issuing_days=60)
         server = pki.issue(
             Role.SERVER, SERVER_NAME, days=30, dns_names=["localhost"], ip_addresses=["127.0.0.1"]
         )
