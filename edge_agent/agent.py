@@ -7,8 +7,10 @@ Three long-lived tasks in one ``asyncio.TaskGroup``:
   then acknowledges them (a message is safe once written, never before);
 - **uplink** forms signed, hash-chained batches from the outbox and publishes them to the cloud
   broker with QoS 1, keeping a window of batches in flight; a batch leaves the outbox only on PUBACK;
-  after an outage live readings and excursions go first and the backlog drains at a set rate;
-- **housekeeping** enforces the disk budget and refreshes gauges; a small HTTP task serves metrics.
+  no batch is formed while the cloud link is down (what waits stays thinnable), and after an outage
+  live readings and excursions go first and the backlog drains at a set rate;
+- **housekeeping** refreshes gauges every second and thins as soon as the outbox is over its disk
+  budget; a small HTTP task serves metrics.
 
 All SQLite work runs on one dedicated thread, so the outbox connection is only ever used by it.
 Cancelling ``run()`` (SIGTERM) stops the tasks; whatever was received but not committed was not
@@ -79,10 +81,19 @@ class AgentError(Exception):
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    """The gateway's batch-signing key; refuses a key file other users can read."""
+    """The gateway's batch-signing key; refuses a key file other users can read.
+
+    The key must be 0600 and belong to the agent's user (``coldtrace gateway install`` and
+    ``coldtrace gateway enroll`` leave it so).
+    """
     try:
         mode = path.stat().st_mode
         data = path.read_bytes()
+    except PermissionError as exc:
+        raise AgentError(
+            f"cannot read the signing key {path}: {exc.strerror}; it must belong to the user the agent "
+            f"runs as, mode 600 (run: chown <agent user> {path})"
+        ) from exc
     except OSError as exc:
         raise AgentError(f"cannot read the signing key {path}: {exc.strerror}") from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -163,6 +174,7 @@ class EdgeAgent:
             synchronous=s.outbox_synchronous,
         )  # fmt: skip
         self._deadletters = await self._call(DeadLetters, s.deadletter_path, max_rows=s.deadletter_max_rows)
+        self._unbatched = self._outbox.waiting  # a backlog left by the last run is batched at once
         self.local = MqttClient(
             client_id=f"agent-{s.gateway_id}", broker=s.local.broker, tls=s.local.tls, clean_start=False,
             session_expiry_s=7 * 86_400, manual_ack=True,
@@ -217,6 +229,7 @@ class EdgeAgent:
     async def _ingest(self, client: MqttClient) -> None:
         async def subscribe() -> None:
             await client.subscribe(ALL_DEVICE_UPLINKS, qos=1)
+            logger.info("receiving device readings (%s)", ALL_DEVICE_UPLINKS)
             self._ingest_ready.set()
 
         await self._keep_connected(client, "local", subscribe)
@@ -377,23 +390,32 @@ class EdgeAgent:
                 for pending in await self._call(self.outbox.pending_frames):
                     if pending.batch_seq not in in_flight and len(in_flight) < s.uplink_window:
                         send(pending)
-                if len(in_flight) < s.uplink_window and await self._batch_due():
-                    formed: PendingFrame | None = await self._call(
-                        self.outbox.form_batch, signer=self.signer, max_readings=s.batch_max_readings,
-                        now_ms=self.now_ms(), live_after_ms=self.now_ms() - s.live_window_ms,
-                    )  # fmt: skip
-                    self._unbatched = 0
+                # No new batch while the link is down: waiting readings stay thinnable, and once the
+                # link is back live readings go before the backlog (formed frames are immutable).
+                linked = client.connected.is_set()
+                if linked and len(in_flight) < s.uplink_window and await self._batch_due():
+                    formed, self._unbatched = await self._call(self._form_batch)
                     if formed is not None:
                         send(formed)
                         await self._pace(formed.reading_count)
                         continue
                 if not in_flight:
-                    await self._wait_for_data()
+                    await (self._wait_for_data() if linked else self._wait_for_link(client))
                     continue
                 await asyncio.wait(in_flight.values(), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                 await self._settle(in_flight, counts)
         finally:
             supervisor.cancel()
+
+    def _form_batch(self) -> tuple[PendingFrame | None, int]:
+        """The next signed frame (None: nothing waits) and how many readings still wait; db thread."""
+        s = self.settings
+        now = self.now_ms()
+        formed = self.outbox.form_batch(
+            signer=self.signer, max_readings=s.batch_max_readings, now_ms=now,
+            live_after_ms=now - s.live_window_ms,
+        )  # fmt: skip
+        return formed, self.outbox.waiting
 
     async def _settle(self, in_flight: dict[int, asyncio.Future[Any]], counts: dict[int, int]) -> None:
         for seq in sorted(in_flight):
@@ -415,6 +437,7 @@ class EdgeAgent:
             self._sent_rate = 0.9 * self._sent_rate + 0.1 * sent
 
     async def _batch_due(self) -> bool:
+        # A full batch waits (fresh readings, or a backlog to drain): form it now.
         if self._unbatched >= self.settings.batch_max_readings:
             return True
         if self._unbatched == 0 and not self._stats.get("readings"):
@@ -432,6 +455,11 @@ class EdgeAgent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 await self._new_data.wait()
+
+    async def _wait_for_link(self, client: MqttClient) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await client.connected.wait()
 
     async def _pace(self, readings: int) -> None:
         backlog = int(self._stats.get("readings", 0))
@@ -471,7 +499,6 @@ class EdgeAgent:
 
     # -- housekeeping ----------------------------------------------------------------------------
     async def _housekeeping(self) -> None:
-        ticks = 0
         while True:
             stats = await self._call(self.outbox.stats)
             self._stats = {
@@ -491,7 +518,7 @@ class EdgeAgent:
             rate = self._sent_rate * 4  # EWMA of readings per settled batch, ~4 settles per second
             self._drain_eta_s = stats.readings / rate if rate > 0 else 0.0
             self.metrics.drain_eta.set(self._drain_eta_s)
-            if ticks % 10 == 0:
+            if stats.bytes_on_disk > self.settings.outbox_budget_bytes:
                 try:
                     thinned = await self._call(self.outbox.enforce_budget)
                 except OutboxFull as exc:
@@ -500,7 +527,6 @@ class EdgeAgent:
                 if thinned:
                     logger.warning("outbox over its disk budget: thinned %d routine readings", thinned)
                     self.metrics.thinned.inc(thinned)
-            ticks += 1
             await asyncio.sleep(1.0)
 
     def health(self) -> dict[str, Any]:

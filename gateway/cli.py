@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -69,10 +70,20 @@ def _print_next_steps(files: GatewayFiles, gateway_id: str) -> None:
     _say(f'  ca_file = "{files.ca_bundle}"')
     _say(f'  cert_file = "{files.chain}"')
     _say(f'  key_file = "{files.tls_key}"')
+    owner = _owner_name(files.directory)
     _say(
-        f"then let only the agent's user read the keys (e.g. `chown -R coldtrace: {files.directory}`) and "
-        "run `systemctl restart coldtrace-agent`"
+        f"the keys are 0600 and belong to {owner}, the owner of {files.directory}: the agent must run as "
+        f"{owner} (`coldtrace gateway install` makes the directory the agent's user's); "
+        "then run `systemctl restart coldtrace-agent`"
     )
+
+
+def _owner_name(path: Path) -> str:
+    uid = path.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _enroll_with_cloud(
@@ -207,10 +218,17 @@ def install(
         Path, typer.Option(help="Install under this root (/ on the host; a scratch dir for images).")
     ] = Path("/"),
     user: Annotated[str, typer.Option(help="Service account the agent runs as.")] = "coldtrace",
+    group: Annotated[
+        str | None, typer.Option(help="The agent's group (default: the same name as --user).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing agent.toml.")] = False,
 ) -> None:
-    """Write the systemd unit, the config file and the state directories with their owners and modes."""
-    plan = InstallPlan(root=root, user=user, group=user)
+    """Write the systemd unit, the config file and the state directories with their owners and modes.
+
+    Private keys end up 0600 in a 0700 directory owned by --user; enrol into that directory with
+    `coldtrace gateway enroll --dir /etc/coldtrace/tls` (before or after this command).
+    """
+    plan = InstallPlan(root=root, user=user, group=group or user)
     try:
         written = install_agent(
             plan,
@@ -226,7 +244,8 @@ def install(
     for path in written:
         _out.print(f"wrote {path}", soft_wrap=True, highlight=False)
     _out.print(
-        f"next: put the TLS files in {plan.on_host(plan.config_dir / 'tls')}, then "
+        f"next: `coldtrace gateway enroll --dir {plan.on_host(plan.tls_dir)}` (and the local broker's "
+        "agent.pem/agent.key there), then "
         f"`systemctl daemon-reload && systemctl enable --now {UNIT_NAME}`",
         soft_wrap=True,
         highlight=False,

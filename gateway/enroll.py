@@ -11,10 +11,13 @@ one run with ``coldtrace certs``) only ever sees the CSR. Files in the enrollmen
     signing.key        Ed25519 batch-signing key, PKCS8 PEM, 0600   agent.toml signing_key
     signing.pub        its public key, PEM, 0644
 
-The names are the ones ``coldtrace gateway install`` writes into agent.toml. Keys found in the
-directory are reused, so an interrupted enrollment resumes with the same keys (the cloud accepts
-the same submission twice); ``force`` replaces them. Every file is written atomically with its final
-mode (:func:`certs.store.write_files`), so a key is never readable by others, not even briefly.
+The names are the ones ``coldtrace gateway install`` writes into agent.toml. Every file takes the
+owner and group of the directory: ``coldtrace gateway install`` creates ``/etc/coldtrace/tls`` for the
+agent's user, so an enrollment run as root there leaves keys only the agent's user can read (the
+agent refuses a key its group or others may read). Keys found in the directory are reused, so an
+interrupted enrollment resumes with the same keys (the cloud accepts the same submission twice);
+``force`` replaces them. Every file is written atomically with its final mode
+(:func:`certs.store.write_files`), so a key is never readable by others, not even briefly.
 
 The cloud client uses the standard library only (a gateway install has no HTTP client library). It
 refuses redirects (the token must not follow one to another host) and plain HTTP beyond loopback.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import os
 import ssl
 import stat
 import time
@@ -174,6 +178,20 @@ def _load_private(path: Path) -> ec.EllipticCurvePrivateKey | Ed25519PrivateKey:
     return key
 
 
+def _give_to_directory_owner(directory: Path, paths: list[Path]) -> None:
+    """As root, hand ``paths`` to the owner and group of ``directory`` (the agent's, after install).
+
+    Without root nothing changes hands: the files already belong to whoever runs the enrollment.
+    """
+    if os.geteuid() != 0:
+        return
+    with store.filesystem("inspect", directory):
+        owner = directory.stat()
+    for path in paths:
+        with store.filesystem("change the owner of", path):
+            os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def _tls_key(files: GatewayFiles, *, force: bool) -> tuple[ec.EllipticCurvePrivateKey, bool]:
     if not force and files.tls_key.exists():
         key = _load_private(files.tls_key)
@@ -225,6 +243,7 @@ def prepare(files: GatewayFiles, gateway_id: str, *, force: bool = False) -> Loc
         )
         writes.append((files.signing_pub, public_pem, store.CERT_MODE))
     store.write_files(writes)
+    _give_to_directory_owner(files.directory, [path for path, _, _ in writes])
     spki = tls_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -277,6 +296,7 @@ def install_certificate(
             (files.ca_bundle, ca_bundle_pem, store.CERT_MODE),
         ]
     )
+    _give_to_directory_owner(files.directory, [files.cert, files.chain, files.ca_bundle])
 
 
 def sign_offline(files: GatewayFiles, keys: LocalKeys, *, pki_dir: Path, force: bool = False) -> None:

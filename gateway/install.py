@@ -2,10 +2,17 @@
 
 Layout under ``root`` (``/`` on a real host; a scratch directory in tests and image builds)::
 
+    etc/coldtrace/                             0750 root:<group>   readable by the agent, writable by root
     etc/coldtrace/agent.toml                   0640 root:<group>   the agent's settings (no secrets inline)
-    etc/coldtrace/tls/                         0750 root:<group>   certificates and keys (keys 0640)
+    etc/coldtrace/tls/                         0700 <user>:<group> certificates and keys (keys 0600)
     var/lib/coldtrace/                         0700 <user>:<group> outbox, registry, dead letters
     etc/systemd/system/coldtrace-agent.service 0644 root:root      the service
+
+Private keys belong to the agent's user alone (0600 in a 0700 directory it owns): the agent refuses
+a key that its group or others may read. ``coldtrace gateway enroll --dir /etc/coldtrace/tls`` writes
+its keys into that directory with the directory's owner, so enrolling before or after installing
+gives the same layout; files already in ``tls/`` are handed to the agent's user here, and keys that
+others could read are made private.
 
 An existing config is kept unless ``force``: an operator's edits are never overwritten silently.
 """
@@ -41,6 +48,11 @@ class InstallPlan:
     def config_dir(self) -> Path:
         """Settings and TLS material."""
         return self.root / "etc" / "coldtrace"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Certificates and private keys, the agent's user's alone."""
+        return self.config_dir / "tls"
 
     @property
     def state_dir(self) -> Path:
@@ -94,7 +106,7 @@ WantedBy=multi-user.target
 
 def render_config(plan: InstallPlan, *, gateway_id: str, site_id: str, local_url: str, cloud_url: str) -> str:
     """A starting agent.toml pointing at the installed directories."""
-    tls = plan.on_host(plan.config_dir / "tls")
+    tls = plan.on_host(plan.tls_dir)
     return f"""# coldtrace edge agent. Every key can be overridden with COLDTRACE_AGENT_<KEY> (nested: __).
 gateway_id = "{gateway_id}"
 site_id = "{site_id}"
@@ -128,6 +140,17 @@ def _ids(plan: InstallPlan) -> tuple[int, int] | None:
         ) from exc
 
 
+def _adopt_tls_files(tls_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Give what is already in ``tls_dir`` to the agent's user; make private keys 0600."""
+    for path in sorted(tls_dir.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue  # only regular files we may have written; a link's target is not ours to change
+        if path.suffix == ".key":
+            path.chmod(0o600)
+        if owner is not None:
+            os.chown(path, *owner)
+
+
 def install(
     plan: InstallPlan, *, gateway_id: str, site_id: str, local_url: str, cloud_url: str, force: bool = False
 ) -> list[Path]:
@@ -144,12 +167,13 @@ def install(
     try:
         for directory, mode, owner in (
             (plan.config_dir, 0o750, root_group),
-            (plan.config_dir / "tls", 0o750, root_group),
+            (plan.tls_dir, 0o700, ids),
             (plan.state_dir, 0o700, ids),
             (plan.unit_path.parent, 0o755, None),
         ):
             directory.mkdir(parents=True, exist_ok=True)
             place(directory, mode, owner)
+        _adopt_tls_files(plan.tls_dir, ids)
         config = plan.config_dir / "agent.toml"
         if force or not config.exists():
             config.write_text(

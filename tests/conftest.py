@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.harness.enrolled import EnrolledGateway, enroll_offline
 from tests.harness.influxdb1 import InfluxDB1
 from tests.harness.mosquitto import DEFAULT_SERVICE_ACL, Mosquitto, MosquittoTlsFiles
 from tests.harness.postgres import Postgres
@@ -59,6 +60,12 @@ def influxdb1() -> Iterator[InfluxDB1]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def enrolled_gateway(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> EnrolledGateway:
+    """Gateway ``gw-0`` enrolled offline against the session PKI (keys made locally, CSR signed)."""
+    return enroll_offline(pki, "gw-0", tmp_path_factory.mktemp("gw-0-enrollment") / "tls")
 
 
 @pytest.fixture(scope="session")

@@ -372,6 +372,11 @@ class Outbox:
         return pages * self._page_size + wal
 
     # -- reporting and lifecycle ------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Readings stored and not yet in a formed frame (an in-memory count: free to ask)."""
+        return self._pending
+
     def stats(self) -> OutboxStats:
         """Counts, size on disk and chain head (cheap: index probes and in-memory counters)."""
         with self._lock, self._reading("reading statistics") as conn:

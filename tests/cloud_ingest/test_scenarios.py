@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
@@ -42,6 +40,7 @@ from tests.cloud_ingest.builders import count_rows
 from tests.cloud_ingest.conftest import fresh_postgres_url
 from tests.cloud_ingest.drills_workers import poll
 from tests.edge_agent.conftest import GATEWAY, _broker, agent_toml
+from tests.harness.enrolled import EnrolledGateway
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.postgres import Postgres
 
@@ -80,15 +79,11 @@ def _manifest(simulation: Simulation) -> Manifest:
 
 def run_scenario(
     name: str, *, devices: int, duration_s: float, seed: int, tmp_path: Path, pki: Pki, identity: Identity,
-    gateway_broker: Mosquitto, cloud_broker: Mosquitto, postgres: Postgres,
+    gateway: EnrolledGateway, gateway_broker: Mosquitto, cloud_broker: Mosquitto, postgres: Postgres,
 ) -> tuple[Engine, Simulation, TruthWriter]:  # fmt: skip
     """Run scenario ``name`` through a real agent and a real worker; returns the cloud DB and truth."""
-    key = Ed25519PrivateKey.generate()
-    signing = tmp_path / "signing.key"
-    signing.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    signing.chmod(0o600)
     agent = EdgeAgent(AgentSettings.load(agent_toml(
-        tmp_path, pki=pki, identity=identity, local=gateway_broker, cloud=cloud_broker, signing=signing,
+        tmp_path, pki=pki, identity=identity, local=gateway_broker, cloud=cloud_broker, gateway=gateway,
     )))  # fmt: skip
     service = identity(Role.SERVICE, "svc-ingest")
     settings = CloudSettings(
@@ -101,7 +96,7 @@ def run_scenario(
     )  # fmt: skip
     engine = open_database(settings.database_url)
     with engine.begin() as conn:
-        register_gateway(conn, GATEWAY, key.public_key(), site_id="wh-test", now_ms=START_MS)
+        register_gateway(conn, GATEWAY, gateway.signing_public_key, site_id="wh-test", now_ms=START_MS)
         operator = create_key(conn, role=ApiRole.OPERATOR, name="planner", now_ms=START_MS)
     writer = TruthWriter(keep=True)
     scenario = builtin_scenarios()[name].model_copy(update={"duration_s": duration_s})
@@ -175,12 +170,13 @@ def _held(engine: Engine) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
 
 
 def test_reefer_failure_holds_the_affected_shipment_once(
-    tmp_path: Path, pki: Pki, identity: Identity, gateway_broker: Mosquitto, mosquitto_tls: Mosquitto,
-    postgres: Postgres,
+    tmp_path: Path, pki: Pki, identity: Identity, enrolled_gateway: EnrolledGateway,
+    gateway_broker: Mosquitto, mosquitto_tls: Mosquitto, postgres: Postgres,
 ) -> None:  # fmt: skip
     engine, simulation, writer = run_scenario(
         "reefer-failure", devices=24, duration_s=4 * 3600, seed=7, tmp_path=tmp_path, pki=pki,
-        identity=identity, gateway_broker=gateway_broker, cloud_broker=mosquitto_tls, postgres=postgres,
+        identity=identity, gateway=enrolled_gateway, gateway_broker=gateway_broker,
+        cloud_broker=mosquitto_tls, postgres=postgres,
     )  # fmt: skip
     affected = _excursion_shipments(simulation, writer, delay_ms=15 * 60_000)
     assert affected, "the scenario should break at least one reefer"
@@ -202,12 +198,13 @@ def test_reefer_failure_holds_the_affected_shipment_once(
 
 
 def test_a_glitch_storm_holds_nothing(
-    tmp_path: Path, pki: Pki, identity: Identity, gateway_broker: Mosquitto, mosquitto_tls: Mosquitto,
-    postgres: Postgres,
+    tmp_path: Path, pki: Pki, identity: Identity, enrolled_gateway: EnrolledGateway,
+    gateway_broker: Mosquitto, mosquitto_tls: Mosquitto, postgres: Postgres,
 ) -> None:  # fmt: skip
     engine, simulation, writer = run_scenario(
         "glitch-storm", devices=24, duration_s=2 * 3600, seed=11, tmp_path=tmp_path, pki=pki,
-        identity=identity, gateway_broker=gateway_broker, cloud_broker=mosquitto_tls, postgres=postgres,
+        identity=identity, gateway=enrolled_gateway, gateway_broker=gateway_broker,
+        cloud_broker=mosquitto_tls, postgres=postgres,
     )  # fmt: skip
     assert not _excursion_shipments(simulation, writer, delay_ms=15 * 60_000)
     assert _held(engine) == ([], [])

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs.pki import IssuedIdentity, Pki, Role
 from coldtrace.contract import SourceFormat
@@ -18,7 +17,7 @@ from coldtrace.device_formats import DeviceMessage, DeviceSample, encode
 from coldtrace.mqtt import BrokerUrl, MqttClient, TlsFiles
 from edge_agent.agent import EdgeAgent
 from edge_agent.settings import AgentSettings
-from tests.edge_agent.conftest import GATEWAY, agent_toml
+from tests.edge_agent.conftest import GATEWAY, EnrolledGateway, agent_toml
 from tests.gateway.test_registry import manifest
 from tests.harness.mosquitto import Mosquitto
 
@@ -45,12 +44,11 @@ async def _get(url: str) -> bytes:
 
 def test_breach_while_cloud_is_down_raises_one_local_alert(
     tmp_path: Path, pki: Pki, identity: Identity, gateway_broker: Mosquitto, cloud_broker: Mosquitto,
-    signing_key: tuple[Path, Ed25519PrivateKey],
+    enrolled_gateway: EnrolledGateway,
 ) -> None:  # fmt: skip
-    path, _ = signing_key
     config = agent_toml(
-        tmp_path, pki=pki, identity=identity, local=gateway_broker, cloud=cloud_broker, signing=path,
-        fallback_after_s=0,
+        tmp_path, pki=pki, identity=identity, local=gateway_broker, cloud=cloud_broker,
+        gateway=enrolled_gateway, fallback_after_s=0,
     )  # fmt: skip
     settings = AgentSettings.load(config).model_copy(
         update={"cloud": AgentSettings.load(config).cloud.model_copy(update={"url": "mqtts://127.0.0.1:1"})}

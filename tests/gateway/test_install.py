@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,16 @@ from gateway.install import UNIT_NAME, InstallPlan, install, render_unit
 from tests.harness.services import require_binary
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """The root command points logging at the runner's stream, closed once it returns: restore it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _mode(path: Path) -> int:
@@ -35,6 +47,7 @@ def test_install_writes_unit_config_and_dirs_with_modes(plan: InstallPlan) -> No
     assert plan.unit_path in written
     assert _mode(plan.state_dir) == 0o700
     assert _mode(plan.config_dir) == 0o750
+    assert _mode(plan.tls_dir) == 0o700  # keys: the agent's user's alone (see test_layout.py)
     assert _mode(plan.config_dir / "agent.toml") == 0o640
     assert _mode(plan.unit_path) == 0o644
     unit = plan.unit_path.read_text()

@@ -68,6 +68,7 @@ def dashboard_scenario(
     services = Services(
         pki=get("pki"),
         identity=get("identity"),
+        gateway=get("enrolled_gateway"),
         gateway_broker=grafana_gateway_broker,
         cloud_broker=_required(lambda: get("mosquitto_tls")),
         postgres=_required(lambda: get("postgres")),

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
@@ -61,6 +59,7 @@ from tests.cloud_ingest.drills_workers import poll
 from tests.edge_agent.conftest import GATEWAY, agent_toml
 from tests.grafana import yard
 from tests.grafana.influx_relay import InfluxV2Relay
+from tests.harness.enrolled import EnrolledGateway
 from tests.harness.influxdb1 import InfluxDB1
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.ports import LOOPBACK, free_port
@@ -106,6 +105,7 @@ class Services:
 
     pki: Pki
     identity: Identity
+    gateway: EnrolledGateway
     gateway_broker: Mosquitto
     cloud_broker: Mosquitto
     postgres: Postgres
@@ -178,23 +178,19 @@ class _Run:
         self.simulation = Simulation(
             reefer_failure(), devices=DEVICES, seed=seed, start_ms=self.start_ms, truth=self.truth
         )
-        key = Ed25519PrivateKey.generate()
         tmp_path.mkdir(parents=True, exist_ok=True)
-        signing = tmp_path / "signing.key"
-        signing.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-        signing.chmod(0o600)
         toml = agent_toml(
             tmp_path,
             pki=s.pki,
             identity=s.identity,
             local=s.gateway_broker,
             cloud=s.cloud_broker,
-            signing=signing,
+            gateway=s.gateway,
         )
         self.agent = EdgeAgent(AgentSettings.load(toml).model_copy(update={"metrics_port": agent_port}))
         self.yard = GatewaySim(gateway_id=yard.GATEWAY, site_id=yard.SITE)
         with self.engine.begin() as conn:
-            register_gateway(conn, GATEWAY, key.public_key(), site_id=SITE, now_ms=self.start_ms)
+            register_gateway(conn, GATEWAY, s.gateway.signing_public_key, site_id=SITE, now_ms=self.start_ms)
             self.operator_key = create_key(
                 conn, role=ApiRole.OPERATOR, name="planner", now_ms=self.start_ms
             ).key
