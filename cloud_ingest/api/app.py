@@ -22,7 +22,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud_ingest.api.auth import ApiKeyVerifier, TokenVerifier
 from cloud_ingest.api.metrics import ApiMetrics
 from cloud_ingest.api.models import ErrorOut, Health
-from cloud_ingest.api.routes import alerts, devices, gateways, holds, lots, manifests, shipments, webhooks
+from cloud_ingest.api.routes import (
+    alerts,
+    devices,
+    gateways,
+    holds,
+    lots,
+    manifests,
+    rejects,
+    shipments,
+    webhooks,
+)
 from cloud_ingest.api.routes.manifests import ManifestPublisher, contract_schemas
 from cloud_ingest.errors import CloudError, Conflict, Forbidden, NotFound
 from cloud_ingest.settings import CloudSettings
@@ -38,6 +48,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     shipments.router,
     lots.router,
     gateways.router,
+    rejects.router,
     devices.router,
     manifests.router,
     webhooks.router,

@@ -29,6 +29,8 @@ gateways.list, .get        operator, quality, auditor, admin
 gateways.register, .revoke admin
 manifests.list, .get       operator, quality, auditor, admin
 manifests.create, .publish operator, admin
+rejects.list, .summary     operator, quality, auditor, admin
+rejects.raw                operator, auditor, admin (the refused bytes)
 webhooks.list/create/del.  admin
 =========================  ===========================================
 """
@@ -53,6 +55,7 @@ _OPERATOR_QUALITY = frozenset({Role.OPERATOR, Role.QUALITY})
 _OPERATOR_ADMIN = frozenset({Role.OPERATOR, Role.ADMIN})
 _QUALITY = frozenset({Role.QUALITY})
 _ADMIN = frozenset({Role.ADMIN})
+_OPERATOR_AUDITOR_ADMIN = frozenset({Role.OPERATOR, Role.AUDITOR, Role.ADMIN})
 
 #: Route name -> roles allowed to call it. The single source of the API's permissions.
 PERMISSIONS: Mapping[str, frozenset[Role]] = {
@@ -80,6 +83,9 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "manifests.get": _ALL,
     "manifests.create": _OPERATOR_ADMIN,
     "manifests.publish": _OPERATOR_ADMIN,
+    "rejects.list": _ALL,
+    "rejects.summary": _ALL,
+    "rejects.raw": _OPERATOR_AUDITOR_ADMIN,
     "webhooks.list": _ADMIN,
     "webhooks.create": _ADMIN,
     "webhooks.delete": _ADMIN,

@@ -337,6 +337,30 @@ class DeviceOut(_Response):
     readings_total: int
 
 
+# -- rejects ------------------------------------------------------------------------------------------
+class RejectOut(_Response):
+    """A refused frame (dead letter): why, from whom, and whether its bytes were kept."""
+
+    id: int
+    received_ms: int
+    reason: str
+    detail: str
+    identity: str | None
+    topic: str | None
+    transport: str
+    frame_sha256: str
+    size: int
+    raw_kept: bool
+    """False when the frame was above the dead-letter byte cap: only its hash was kept."""
+
+
+class RejectSummary(_Response):
+    """Refused frames counted by reason code."""
+
+    total: int
+    by_reason: dict[str, int]
+
+
 # -- manifests ----------------------------------------------------------------------------------------
 class ManifestOut(_Response):
     """A stored manifest version."""
