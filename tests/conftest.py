@@ -7,6 +7,7 @@ the session. A missing server binary skips the test locally and fails it under `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +61,16 @@ def influxdb1() -> Iterator[InfluxDB1]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """CLI commands point logging at the runner's stream, closed once they return: restore it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

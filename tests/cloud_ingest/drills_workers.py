@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from cloud_ingest.db.engine import create_db_engine
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.settings import BrokerSettings, CloudSettings, TelemetrySettings
 from cloud_ingest.worker import Worker
+from tests.harness.child import KillableChild
 from tests.harness.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,19 +102,18 @@ async def poll(predicate: Callable[[], bool], *, within_s: float, what: str) -> 
         raise TimeoutError(f"not {what} within {within_s:g} s") from exc
 
 
-class WorkerProcess:
+class WorkerProcess(KillableChild):
     """One ``coldtrace cloud worker`` child; its stderr (the log) goes to ``log``, appended across runs."""
 
     def __init__(self, config: Path, instance: int, log: Path, *, client_id: str) -> None:
+        super().__init__()
         self.config = config
         self.instance = instance
         self.log = log
         self.client_id = f"{client_id}-{instance}"
         """The MQTT client id the worker uses (the settings' ``client_id`` plus ``-<instance>``)."""
-        self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.port: int | None = None
-        self.kills = 0
 
     def start(self) -> None:
         """Start the worker; see :meth:`wait_ready`."""
@@ -149,25 +148,6 @@ class WorkerProcess:
     async def wait_ready(self, broker: Mosquitto, broker_offset: int, *, within_s: float = 30.0) -> None:
         """Until the worker serves /metrics and the broker has granted its subscription."""
         await poll(lambda: self._ready(broker, broker_offset), within_s=within_s, what="worker ready")
-
-    def kill9(self) -> None:
-        """SIGKILL: no cleanup, no DISCONNECT."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.kills += 1
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait; returns the exit status (None if never started)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
 
     def metric(self, name: str, **labels: str) -> float | None:
         """One sample of the worker's /metrics, read over HTTP."""

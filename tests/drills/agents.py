@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from certs.pki import IssuedIdentity, Pki
 from coldtrace.demo.workdir import write_signing_key
 from tests.cloud_ingest.drills_workers import REPO, metric, poll
+from tests.harness.child import KillableChild
 from tests.harness.mosquitto import Mosquitto
 
 _PORT_LINE = re.compile(r"metrics and health on http://127\.0\.0\.1:(\d+)/metrics")
@@ -96,16 +96,15 @@ def write_agent_config(
     return key
 
 
-class AgentProcess:
+class AgentProcess(KillableChild):
     """``coldtrace agent run --config …`` as a child that can be SIGKILLed and started again."""
 
     def __init__(self, gateway_id: str, files: AgentFiles, *, local_broker: Mosquitto) -> None:
+        super().__init__()
         self.gateway_id = gateway_id
         self.files = files
         self.local_broker = local_broker
-        self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
-        self.kills = 0
         self._log_offset = 0
 
     def start(self) -> int:
@@ -161,25 +160,6 @@ class AgentProcess:
         """True when the outbox holds no reading and no unacknowledged frame."""
         outbox = self.health().get("outbox") or {}
         return outbox.get("readings") == 0 and outbox.get("frames_pending") == 0
-
-    def kill9(self) -> None:
-        """SIGKILL: no cleanup, no DISCONNECT."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.kills += 1
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait; the exit status (None if never started)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
 
     def dead_letters(self) -> list[tuple[str, str, bytes]]:
         """(reason, topic, payload) of every device message the agent refused, from its dead-letter file."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,6 @@ from gateway.install import UNIT_NAME, InstallPlan, install, render_unit
 from tests.harness.services import require_binary
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The root command points logging at the runner's stream, closed once it returns: restore it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _mode(path: Path) -> int:
