@@ -240,6 +240,10 @@ class Ingestor:
         """The ingestor's clock (UTC milliseconds)."""
         return self._clock()
 
+    def _unavailable(self, exc: DBAPIError) -> StoreUnavailable:
+        self.metrics.store_up.set(0)
+        return StoreUnavailable(f"the database is unavailable: {exc.orig or exc}")
+
     # -- entry point -------------------------------------------------------------------------------
     def ingest(self, frame: bytes, *, topic_gateway: str, identity: str, transport: str) -> IngestResult:
         """Verify and store one frame. Raises StoreUnavailable only; every refusal is a result."""
@@ -275,8 +279,7 @@ class Ingestor:
                 else:
                     checked.good.append((i, v))
         except (OperationalError, DBAPIError) as exc:
-            self.metrics.store_up.set(0)
-            raise StoreUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+            raise self._unavailable(exc) from exc
         return checked
 
     def store(self, checked: Checked, *, transport: str) -> list[IngestResult]:
@@ -299,8 +302,7 @@ class Ingestor:
                     received_ms=checked.received_ms,
                 )  # fmt: skip
         except (OperationalError, DBAPIError) as exc:
-            self.metrics.store_up.set(0)
-            raise StoreUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+            raise self._unavailable(exc) from exc
         self.metrics.store_up.set(1)
         done = [r for r in results if r is not None]
         assert len(done) == len(frames), "every frame gets a result"  # noqa: S101 - an invariant
@@ -327,8 +329,7 @@ class Ingestor:
                 )  # fmt: skip
         except DBAPIError as db_exc:
             # Not acknowledged: the frame is offered again once its reject can be recorded.
-            self.metrics.store_up.set(0)
-            raise StoreUnavailable(f"the database is unavailable: {db_exc.orig or db_exc}") from db_exc
+            raise self._unavailable(db_exc) from db_exc
         self.metrics.rejects.labels(exc.code.value).inc()
         logger.warning("refused a batch from %s: %s", identity or "?", exc)
         return IngestResult(

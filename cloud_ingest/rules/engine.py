@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import Connection, and_, bindparam, func, select
@@ -44,10 +44,8 @@ class RuleOutcome:
     alerts_raised: int = 0
     holds_placed: int = 0
     glitches_flagged: int = 0
-    replayed_devices: int = 0
     replayed_readings: int = 0
     """Stored readings re-read to place late ones in context."""
-    alert_ids: list[int] = field(default_factory=list)
 
 
 def subjects_of(subject: str) -> list[tuple[SubjectType, str]]:
@@ -101,7 +99,6 @@ class RuleEngine:
                 outcome.replayed_readings += sum(not s.new for s in series)
                 device_states = {rule: RunState() for rule in THRESHOLD_RULES}
                 states[device_id] = device_states
-                outcome.replayed_devices += 1
                 prev_t = None
             else:
                 series = new
@@ -237,7 +234,6 @@ class RuleEngine:
         alert_id, new = alert_ops.raise_alert(conn, spec, now_ms=now_ms)
         if new:
             outcome.alerts_raised += 1
-            outcome.alert_ids.append(alert_id)
         if not hold:
             return
         _, placed = place_hold(

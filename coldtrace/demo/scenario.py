@@ -94,17 +94,20 @@ def subjects_of(binding: Binding) -> list[Subject]:
     return [("lot", lot) for lot in binding.lot_ids]
 
 
+def manifest_entry(b: Binding) -> DeviceEntry:
+    """A simulated device's manifest entry: bound to its shipment and lots from t = 0."""
+    binding = ManifestBinding(
+        lot_ids=tuple(sorted(b.lot_ids)), profile=ProfileName(b.profile), shipment_id=b.shipment_id,
+        valid_from_ms=0,
+    )  # fmt: skip
+    return DeviceEntry(device_id=b.device_id, bindings=(binding,))
+
+
 def manifests(simulation: Simulation, *, issued_ms: int) -> dict[str, Manifest]:
     """Version 1 of each gateway's manifest: every device bound to its shipment and lots from t = 0."""
     by_gateway: dict[str, list[DeviceEntry]] = {}
     for b in simulation.bindings():
-        binding = ManifestBinding(
-            lot_ids=tuple(sorted(b.lot_ids)), profile=ProfileName(b.profile), shipment_id=b.shipment_id,
-            valid_from_ms=0,
-        )  # fmt: skip
-        by_gateway.setdefault(b.gateway_id, []).append(
-            DeviceEntry(device_id=b.device_id, bindings=(binding,))
-        )
+        by_gateway.setdefault(b.gateway_id, []).append(manifest_entry(b))
     return {
         gateway: Manifest(
             devices=tuple(entries),

@@ -27,9 +27,9 @@ from cloud_ingest.registry import register_gateway
 from cloud_ingest.settings import BrokerSettings, CloudSettings
 from cloud_ingest.worker import Worker
 from coldtrace.contract.canonical import canonical_bytes
-from coldtrace.contract.manifest import Binding, DeviceEntry, Manifest
+from coldtrace.contract.manifest import Manifest
+from coldtrace.demo.scenario import manifest_entry
 from coldtrace.mqtt import BrokerUrl, TlsFiles
-from coldtrace.profiles import ProfileName
 from edge_agent.agent import EdgeAgent
 from edge_agent.settings import AgentSettings
 from firmware_sim.fleet import Simulation
@@ -58,20 +58,7 @@ def gateway_broker(pki: Pki, server_identity: IssuedIdentity) -> Iterator[Mosqui
 
 
 def _manifest(simulation: Simulation) -> Manifest:
-    entries = [
-        DeviceEntry(
-            device_id=b.device_id,
-            bindings=(
-                Binding(
-                    lot_ids=b.lot_ids,
-                    profile=ProfileName(b.profile),
-                    shipment_id=b.shipment_id,
-                    valid_from_ms=0,
-                ),
-            ),
-        )  # type: ignore[arg-type]
-        for b in simulation.bindings()
-    ]
+    entries = [manifest_entry(b) for b in simulation.bindings()]
     return Manifest(
         devices=tuple(entries), gateway_id=GATEWAY, issued_ms=START_MS, site_id="wh-test", version=1
     )

@@ -43,10 +43,10 @@ from cloud_ingest.registry import register_gateway
 from cloud_ingest.settings import BrokerSettings, CloudSettings, TelemetrySettings
 from cloud_ingest.worker import Worker
 from coldtrace.contract.canonical import canonical_bytes
-from coldtrace.contract.manifest import Binding, DeviceEntry, Manifest
+from coldtrace.contract.manifest import Manifest
 from coldtrace.contract.topics import GatewayCommand, gateway_batches, gateway_command
+from coldtrace.demo.scenario import manifest_entry
 from coldtrace.mqtt import BrokerUrl, MqttClient, TlsFiles
-from coldtrace.profiles import ProfileName
 from edge_agent.agent import EdgeAgent
 from edge_agent.settings import AgentSettings
 from firmware_sim.fleet import Simulation
@@ -267,20 +267,7 @@ class _Run:
 
     async def _push_manifest(self, api: TestClient) -> None:
         """The cloud pushes the manifest through its API; the agent binds readings with it."""
-        entries = [
-            DeviceEntry(
-                device_id=b.device_id,
-                bindings=(
-                    Binding(
-                        lot_ids=b.lot_ids,
-                        profile=ProfileName(b.profile),
-                        shipment_id=b.shipment_id,
-                        valid_from_ms=0,
-                    ),
-                ),
-            )  # type: ignore[arg-type]
-            for b in self.simulation.bindings()
-        ]
+        entries = [manifest_entry(b) for b in self.simulation.bindings()]
         manifest = Manifest(
             devices=tuple(entries),
             gateway_id=GATEWAY,
