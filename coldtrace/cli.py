@@ -6,6 +6,7 @@ every command shares onto the exit codes in :mod:`coldtrace.exitcodes`.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -96,22 +97,23 @@ def demo(  # noqa: PLR0917 - typer reads options from the signature
     ] = None,
     services: Annotated[
         bool,
-        typer.Option("--services", help="Run against Mosquitto, VictoriaMetrics and PostgreSQL (not yet)."),
+        typer.Option(
+            "--services",
+            help="Run against Mosquitto (started by the demo), PostgreSQL and VictoriaMetrics or InfluxDB "
+            "(named in COLDTRACE_DEMO_SERVICES__* or --config).",
+        ),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A TOML file of demo settings (e.g. a [services] table); the environment wins."),
+    ] = None,
 ) -> None:
     """Run the whole path on embedded defaults: PKI, brokers, cloud, two gateways, a simulated fleet.
 
     A reefer failure, a door left open, a glitch storm and a 30-minute uplink partition at accelerated
     time; then a summary checked against the simulator's ground truth. Every option also reads
-    COLDTRACE_DEMO_<OPTION> from the environment.
+    COLDTRACE_DEMO_<OPTION> from the environment. With --services the same run uses real servers.
     """
-    if services:
-        typer.secho(
-            "`coldtrace demo --services` (Mosquitto, VictoriaMetrics/InfluxDB, PostgreSQL) is not built yet; "
-            "`coldtrace demo` runs the same path on embedded servers.",
-            err=True, fg=typer.colors.YELLOW,
-        )  # fmt: skip
-        raise typer.Exit(ExitCode.UNAVAILABLE)
     try:
         from pydantic import ValidationError  # noqa: PLC0415
         from rich.console import Console  # noqa: PLC0415
@@ -125,12 +127,26 @@ def demo(  # noqa: PLR0917 - typer reads options from the signature
         raise typer.Exit(ExitCode.UNAVAILABLE) from exc
     given: dict[str, Any] = {
         "port": port, "host": host, "workdir": workdir, "devices": devices, "speed": speed, "seed": seed,
+        "use_services": services or None,
     }  # fmt: skip
+    if config is not None and not config.is_file():
+        typer.secho(f"error: --config: {config} is not a file", err=True, fg=typer.colors.RED)
+        raise typer.Exit(ExitCode.IO)
     try:
-        settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
+        loaded = DemoSettings.load(config).model_dump()
+        settings = DemoSettings.model_validate(loaded | {k: v for k, v in given.items() if v is not None})
+    except tomllib.TOMLDecodeError as exc:
+        typer.secho(f"error: --config: {config} is not valid TOML ({exc})", err=True, fg=typer.colors.RED)
+        raise typer.Exit(ExitCode.INVALID_INPUT) from exc
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        option = "--" + "-".join(str(part) for part in first["loc"])
+        loc = [str(part) for part in first["loc"]]
+        # A nested setting has no option: name it as the file key and the environment variable.
+        option = (
+            f"--{loc[0]}"
+            if len(loc) == 1
+            else ".".join(loc) + " (COLDTRACE_DEMO_" + "__".join(loc).upper() + ")"
+        )
         typer.secho(f"error: {option}: {first['msg']}", err=True, fg=typer.colors.RED)
         raise typer.Exit(ExitCode.USAGE) from exc
     raise typer.Exit(

@@ -11,4 +11,4 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  #: wrong arguments or a state that forbids the command (e.g. CA exists, no --force)
     IO = 3  #: a file or directory could not be read or written (path, permissions, disk full)
     INVALID_INPUT = 4  #: input refused by the wire contract or a config file that does not validate
-    UNAVAILABLE = 69  #: the role's extra is not installed, or the command is not built yet (EX_UNAVAILABLE)
+    UNAVAILABLE = 69  #: the role's extra is not installed (EX_UNAVAILABLE)

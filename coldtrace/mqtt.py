@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -58,6 +58,17 @@ class PublishRefused(MqttError):
 #: Mosquitto 2.0.11 answers it after a restart until durable (shared) subscribers are back: for a
 #: message that must reach a consumer, that is "not delivered", not success.
 NO_MATCHING_SUBSCRIBERS = 16
+
+
+def connect_error(client_id: str, where: str, exc: OSError | TimeoutError) -> MqttError:
+    """What a failed TCP+TLS connect means: ConnectRefused (do not retry) or BrokerUnreachable."""
+    if isinstance(exc, ssl.SSLEOFError):
+        # The broker hung up mid-handshake (stopping, restarting, overloaded): not a verdict on our
+        # certificate, which comes as a TLS alert. Retry like an unreachable broker.
+        return BrokerUnreachable(f"{client_id}: {where} closed the TLS handshake: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return ConnectRefused(f"{client_id}: TLS handshake with {where} failed: {exc}")
+    return BrokerUnreachable(f"{client_id}: cannot reach {where}: {exc or 'timeout'}")
 
 
 def reached_subscribers(reason: ReasonCode) -> bool:
@@ -114,7 +125,23 @@ class Message:
         self._ack()
 
 
-class MqttClient:
+class PublishAndWait:
+    """``publish`` on top of a client's ``publish_nowait``."""
+
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[ReasonCode]:
+        """Send a publish; the future resolves with the PUBACK reason."""
+        raise NotImplementedError
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish and wait for the broker's acknowledgement; PublishRefused on a failure reason code."""
+        reason = await self.publish_nowait(topic, payload, qos=qos, retain=retain)
+        if reason.is_failure:
+            raise PublishRefused(topic, reason)
+
+
+class MqttClient(PublishAndWait):
     """One MQTT 5 connection, driven by the running event loop.
 
     Use ``await connect()``, then ``publish``/``subscribe``; received messages arrive on ``messages``.
@@ -184,10 +211,8 @@ class MqttClient:
                     self._paho.connect, self.broker.host, self.broker.port, self._keepalive_s,
                     clean_start=self._clean_start, properties=properties,
                 )  # fmt: skip
-        except ssl.SSLError as exc:
-            raise ConnectRefused(f"{self.client_id}: TLS handshake with {where} failed: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise BrokerUnreachable(f"{self.client_id}: cannot reach {where}: {exc or 'timeout'}") from exc
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            raise connect_error(self.client_id, where, exc) from exc
         self._register()
         try:
             async with asyncio.timeout(timeout_s):
@@ -275,12 +300,6 @@ class MqttClient:
             self._writable()  # write now rather than a loop turn later
         return future
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish and wait for the broker's acknowledgement; PublishRefused on a failure reason code."""
-        reason = await self.publish_nowait(topic, payload, qos=qos, retain=retain)
-        if reason.is_failure:
-            raise PublishRefused(topic, reason)
-
     async def subscribe(self, topic: str, *, qos: int = 1) -> None:
         """Subscribe and wait for SUBACK; MqttError if the broker refuses."""
         if self._loop is None:
@@ -354,8 +373,41 @@ class MqttClient:
         )  # fmt: skip
 
 
+class MqttConnection(Protocol):
+    """What the reconnection helpers and the agent use of a client: :class:`MqttClient` (paho) and
+    :class:`coldtrace.mqtt_native.NativeMqttClient` both provide it."""
+
+    client_id: str
+    broker: BrokerUrl
+    messages: asyncio.Queue[Message]
+    connected: asyncio.Event
+    disconnected: asyncio.Event
+
+    async def connect(self, *, timeout_s: float = 10.0) -> None:
+        """Connect and wait for CONNACK."""
+        ...
+
+    async def disconnect(self) -> None:
+        """Disconnect."""
+        ...
+
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[ReasonCode]:
+        """Publish; the future resolves with the PUBACK reason."""
+        ...
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish and wait for the PUBACK."""
+        ...
+
+    async def subscribe(self, topic: str, *, qos: int = 1) -> None:
+        """Subscribe and wait for the SUBACK."""
+        ...
+
+
 async def connect_with_backoff(
-    client: MqttClient,
+    client: MqttConnection,
     *,
     initial_s: float,
     max_s: float,
@@ -387,7 +439,7 @@ async def connect_with_backoff(
 
 
 async def reconnect_forever(
-    client: MqttClient,
+    client: MqttConnection,
     *,
     initial_s: float,
     max_s: float,

@@ -50,11 +50,13 @@ from coldtrace.device_formats import decode
 from coldtrace.mqtt import (
     Message,
     MqttClient,
+    MqttConnection,
     MqttError,
     connect_with_backoff,
     reached_subscribers,
     reconnect_forever,
 )
+from coldtrace.mqtt_native import NativeMqttClient
 from coldtrace.profiles import PROFILES
 from edge_agent.deadletter import DeadLetter, DeadLetters
 from edge_agent.metrics import AgentMetrics, serve
@@ -71,6 +73,12 @@ T = TypeVar("T")
 
 #: Device messages handled per commit: one outbox transaction, then one round of acknowledgements.
 INGEST_CHUNK = 512
+#: Unacknowledged device messages the broker may send the agent (MQTT 5 Receive Maximum): a chunk being
+#: stored and the next ones arriving. Bounds memory when a backlog waits on the broker.
+INGEST_RECEIVE_MAXIMUM = 4 * INGEST_CHUNK
+#: Frames formed in one outbox transaction while a backlog drains (within the uplink window): the
+#: sync to disk per transaction, not the CPU, limited the drain (BENCHMARKS.md, agent-drain).
+FRAMES_PER_COMMIT = 8
 #: The shipped default anomaly model and the public key it is signed with.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL_KEY = DEFAULT_MODEL_DIR / "dev-signing-key.pub.pem"
@@ -132,7 +140,7 @@ class EdgeAgent:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-db")
         self._outbox: Outbox | None = None
         self._deadletters: DeadLetters | None = None
-        self.local: MqttClient | None = None
+        self.local: MqttConnection | None = None
         self.cloud: MqttClient | None = None
         self.metrics_port: asyncio.Future[int] | None = None
         self._new_data = asyncio.Event()
@@ -175,9 +183,10 @@ class EdgeAgent:
         )  # fmt: skip
         self._deadletters = await self._call(DeadLetters, s.deadletter_path, max_rows=s.deadletter_max_rows)
         self._unbatched = self._outbox.waiting  # a backlog left by the last run is batched at once
-        self.local = MqttClient(
+        ingest_client = NativeMqttClient if s.ingest_client == "native" else MqttClient
+        self.local = ingest_client(
             client_id=f"agent-{s.gateway_id}", broker=s.local.broker, tls=s.local.tls, clean_start=False,
-            session_expiry_s=7 * 86_400, manual_ack=True,
+            session_expiry_s=7 * 86_400, manual_ack=True, receive_maximum=INGEST_RECEIVE_MAXIMUM,
         )  # fmt: skip
         self.cloud = MqttClient(
             client_id=s.gateway_id, broker=s.cloud.broker, tls=s.cloud.tls, clean_start=False,
@@ -218,7 +227,7 @@ class EdgeAgent:
             self._deadletters.close()
 
     async def _keep_connected(
-        self, client: MqttClient, name: str, on_connect: Callable[[], Awaitable[None]]
+        self, client: MqttConnection, name: str, on_connect: Callable[[], Awaitable[None]]
     ) -> None:
         s = self.settings
         await connect_with_backoff(client, initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s)
@@ -226,25 +235,33 @@ class EdgeAgent:
         await on_connect()
 
     # -- ingest ----------------------------------------------------------------------------------
-    async def _ingest(self, client: MqttClient) -> None:
+    async def _ingest(self, client: MqttConnection) -> None:
         async def subscribe() -> None:
             await client.subscribe(ALL_DEVICE_UPLINKS, qos=1)
             logger.info("receiving device readings (%s)", ALL_DEVICE_UPLINKS)
             self._ingest_ready.set()
 
-        await self._keep_connected(client, "local", subscribe)
-        supervisor = self._stay_connected(client, subscribe)
-        try:
+        async def consume() -> None:
             while True:
                 chunk = [await client.messages.get()]
                 while len(chunk) < INGEST_CHUNK and not client.messages.empty():
                     chunk.append(client.messages.get_nowait())
                 await self._handle(chunk)
-        finally:
-            supervisor.cancel()
+
+        # Consuming starts before the first subscribe: the broker sends a persistent session's queued
+        # messages ahead of the SUBACK, and a client that stops reading while its queue is full
+        # (coldtrace.mqtt_native) would otherwise never see the SUBACK.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(consume(), name="ingest-consume")
+            await self._keep_connected(client, "local", subscribe)
+            supervisor = self._stay_connected(client, subscribe)
+            try:
+                await asyncio.Future()  # until cancelled; the consumer's failure cancels this too
+            finally:
+                supervisor.cancel()
 
     def _stay_connected(
-        self, client: MqttClient, on_connect: Callable[[], Awaitable[None]]
+        self, client: MqttConnection, on_connect: Callable[[], Awaitable[None]]
     ) -> asyncio.Task[None]:
         s = self.settings
         return asyncio.create_task(
@@ -259,8 +276,8 @@ class EdgeAgent:
         started = time.perf_counter()
         letters: list[DeadLetter] = []
         normalized: list[Normalized] = []
+        self.metrics.messages.inc(len(chunk))
         for message in chunk:
-            self.metrics.messages.inc()
             try:
                 normalized.extend(self._accept(message, received))
             except ContractError as exc:
@@ -320,6 +337,9 @@ class EdgeAgent:
         temps = np.array([math.nan if r.temperature_c is None else r.temperature_c for r in readings])
         result = self.scorer.score_devices([r.device_id for r in readings], t_ms, temps)
         fallback = self._fallback_active()
+        # Received while the uplink is down: it waits in the outbox for the link (the contract's
+        # "held through an uplink outage"), so the cloud can tell backfill from live data.
+        backfill = self._cloud_down_since is not None
         rows: list[tuple[Reading, Priority]] = []
         for n, score, by_rules in zip(
             normalized, result.scores.tolist(), result.by_rules.tolist(), strict=True
@@ -330,6 +350,8 @@ class EdgeAgent:
                 flags.add(Flag.GLITCH)
             if by_rules:
                 flags.add(Flag.RULES_ONLY)
+            if backfill:
+                flags.add(Flag.BACKFILL)
             breach = (
                 n.profile is not None
                 and n.reading.temperature_c is not None
@@ -394,10 +416,14 @@ class EdgeAgent:
                 # link is back live readings go before the backlog (formed frames are immutable).
                 linked = client.connected.is_set()
                 if linked and len(in_flight) < s.uplink_window and await self._batch_due():
-                    formed, self._unbatched = await self._call(self._form_batch)
-                    if formed is not None:
-                        send(formed)
-                        await self._pace(formed.reading_count)
+                    # A backlog is formed several frames to a transaction: one sync to disk for all.
+                    backlog = self._unbatched > s.batch_max_readings
+                    count = min(s.uplink_window - len(in_flight), FRAMES_PER_COMMIT) if backlog else 1
+                    formed, self._unbatched = await self._call(self._form_batches, count)
+                    if formed:
+                        for frame in formed:
+                            send(frame)
+                        await self._pace(sum(frame.reading_count for frame in formed))
                         continue
                 if not in_flight:
                     await (self._wait_for_data() if linked else self._wait_for_link(client))
@@ -407,13 +433,13 @@ class EdgeAgent:
         finally:
             supervisor.cancel()
 
-    def _form_batch(self) -> tuple[PendingFrame | None, int]:
-        """The next signed frame (None: nothing waits) and how many readings still wait; db thread."""
+    def _form_batches(self, count: int) -> tuple[list[PendingFrame], int]:
+        """Up to ``count`` next signed frames and how many readings still wait; db thread."""
         s = self.settings
         now = self.now_ms()
-        formed = self.outbox.form_batch(
+        formed = self.outbox.form_batches(
             signer=self.signer, max_readings=s.batch_max_readings, now_ms=now,
-            live_after_ms=now - s.live_window_ms,
+            live_after_ms=now - s.live_window_ms, count=count,
         )  # fmt: skip
         return formed, self.outbox.waiting
 

@@ -34,6 +34,9 @@ class AgentSettings(TomlSettings):
     """The gateway's own broker, where devices publish."""
     cloud: BrokerSettings
     """The cloud broker batches go to."""
+    ingest_client: Literal["native", "paho"] = "native"
+    """MQTT client reading device messages: ``native`` (coldtrace.mqtt_native, about three times less
+    CPU per message, see BENCHMARKS.md) or ``paho`` (paho-mqtt, as the uplink uses)."""
     outbox_budget_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
     outbox_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """FULL survives power loss; NORMAL survives a process crash only (see BENCHMARKS.md)."""

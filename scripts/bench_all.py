@@ -1,13 +1,14 @@
 """Run every coldtrace benchmark in turn, then check BENCHMARKS.md.
 
-    python scripts/bench_all.py [--quick] [--only sim,agent,cloud,e2e] [--logs DIR]
+    python scripts/bench_all.py [--quick] [--only sim,agent,agent-drain,cloud,e2e] [--logs DIR]
 
 Runs, one after the other and each as its own process (so no benchmark shares the machine with
 another), the scripts below with their default parameters; each writes its own section of
 BENCHMARKS.md with its same-run baseline, the machine, the versions and its command line:
 
     python scripts/bench.py sim         fleet simulator: devices one process sustains
-    python scripts/bench_agent.py       edge agent backlog drain, against a bare relay
+    python scripts/bench_agent.py       edge agent backlog drain, against a bare relay; live latency
+    python scripts/bench_drain.py       a 1,000,000-reading outbox drained, against a bare publisher
     python scripts/bench_cloud.py       cloud worker throughput against a bare writer; hold latency
     python scripts/bench_e2e.py         device reading → hold visible, against bare transport
 
@@ -54,7 +55,8 @@ class Benchmark:
 
 SUITE: tuple[Benchmark, ...] = (
     Benchmark("sim", ("scripts/bench.py", "sim"), "fleet simulator"),
-    Benchmark("agent", ("scripts/bench_agent.py",), "edge agent drain vs bare relay"),
+    Benchmark("agent", ("scripts/bench_agent.py",), "edge agent drain vs bare relay, live latency"),
+    Benchmark("agent-drain", ("scripts/bench_drain.py",), "1M-reading outbox drain vs bare publisher"),
     Benchmark("cloud", ("scripts/bench_cloud.py",), "cloud worker vs bare writer, hold latency"),
     Benchmark("e2e", ("scripts/bench_e2e.py",), "end to end vs bare transport"),
 )

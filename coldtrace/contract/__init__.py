@@ -13,11 +13,13 @@ from coldtrace.contract.batch import (
     Marker,
     MarkerKind,
     SignedBatch,
+    batch_without_readings,
     decode_body,
     frame_hash,
     key_id_of,
     open_frame,
     sign_batch,
+    sign_batch_with_readings,
     verify_frame,
 )
 from coldtrace.contract.canonical import canonical_bytes, decode_model
@@ -46,6 +48,7 @@ __all__ = [
     "RejectCode",
     "SignedBatch",
     "SourceFormat",
+    "batch_without_readings",
     "canonical_bytes",
     "decode_body",
     "decode_model",
@@ -53,5 +56,6 @@ __all__ = [
     "key_id_of",
     "open_frame",
     "sign_batch",
+    "sign_batch_with_readings",
     "verify_frame",
 ]

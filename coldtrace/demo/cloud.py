@@ -27,7 +27,7 @@ from cloud_ingest.worker import Worker
 from coldtrace.contract.canonical import canonical_bytes
 from coldtrace.contract.manifest import Manifest
 from coldtrace.demo.errors import PortInUse, StackFailed
-from coldtrace.demo.workdir import INGEST_IDENTITY, DemoPki, Workdir
+from coldtrace.demo.workdir import INGEST_IDENTITY, DemoPki
 
 SHARE_GROUP = "ingest"
 TELEMETRY_ORG = "coldtrace"
@@ -51,19 +51,16 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
 
 
 def cloud_settings(
-    *, workdir: Workdir, pki: DemoPki, broker_url: str, sink_url: str, sink_token: str, host: str, port: int
+    *, database_url: str, pki: DemoPki, broker_url: str, telemetry: TelemetrySettings, host: str, port: int
 ) -> CloudSettings:
-    """The cloud's settings: SQLite in the work directory, the demo brokers and sink, the demo PKI."""
+    """The cloud's settings: the demo's database, brokers, telemetry target and PKI."""
     return CloudSettings(
-        database_url=f"sqlite:///{workdir.database}",
+        database_url=database_url,
         broker=BrokerSettings(
             url=broker_url, ca_file=pki.pki.ca_bundle_path, cert_file=pki.ingest.cert_path,
             key_file=pki.ingest.key_path, client_id=INGEST_IDENTITY, share_group=SHARE_GROUP,
         ),
-        telemetry=TelemetrySettings(
-            url=sink_url, token=SecretStr(sink_token), org=TELEMETRY_ORG, bucket=TELEMETRY_BUCKET,
-            retry_initial_s=0.2, retry_max_s=2.0,
-        ),
+        telemetry=telemetry,
         api=ApiSettings(
             host=host, port=port, cert_file=pki.server.chain_path, key_file=pki.server.key_path,
             ingest_port=None,
@@ -71,6 +68,16 @@ def cloud_settings(
         metrics_port=0,
         housekeeping_interval_s=1.0,
     )  # fmt: skip
+
+
+def demo_telemetry(
+    url: str, token: SecretStr, *, org: str = TELEMETRY_ORG, bucket: str = TELEMETRY_BUCKET
+) -> TelemetrySettings:
+    """Telemetry to ``url`` (the embedded sink or the operator's server), retried briskly: a demo run
+    is short, and waiting 30 s between retries would outlast it."""
+    return TelemetrySettings(
+        url=url, token=token, org=org, bucket=bucket, retry_initial_s=0.2, retry_max_s=2.0
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,16 @@ async def wait_started(server: uvicorn.Server, task: asyncio.Task[object], *, wi
         while not server.started:
             if task.done():
                 raise StackFailed("the API server stopped during start-up (see demo.log)")
+            await asyncio.sleep(0.02)
+
+
+async def wait_subscribed(worker: Worker, task: asyncio.Task[object], *, within_s: float = 30.0) -> None:
+    """Wait until the worker's shared subscription is in place, so no batch published after this is
+    dropped for want of a subscriber; StackFailed if the worker ended instead."""
+    async with asyncio.timeout(within_s):
+        while worker.consumer is None or not worker.consumer.subscribed.is_set():
+            if task.done():
+                raise StackFailed("the ingest worker stopped during start-up (see demo.log)")
             await asyncio.sleep(0.02)
 
 

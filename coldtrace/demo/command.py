@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from rich.console import Console
 
 from coldtrace.demo.cloud import bind_api_socket
-from coldtrace.demo.errors import DemoError, OutcomeNotMet
+from coldtrace.demo.errors import DemoError, OutcomeNotMet, ServicesNotConfigured
 from coldtrace.demo.settings import DemoSettings
 from coldtrace.demo.stack import Lifetime, run_demo
 from coldtrace.demo.summary import Summary
@@ -69,6 +69,8 @@ def run_command(settings: DemoSettings, *, hold_open: bool, console: Console, er
     """Run the demo; returns the process exit status (0 only when the expected outcome was met)."""
     started = time.monotonic()
     try:
+        if settings.use_services and (missing := settings.services.missing()):
+            raise ServicesNotConfigured(missing)
         api_socket = bind_api_socket(settings.host, settings.port)
         try:
             workdir = prepare(settings.workdir)

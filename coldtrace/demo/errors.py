@@ -40,6 +40,19 @@ class WorkdirUnusable(DemoError):
         self.path = path
 
 
+class ServicesNotConfigured(DemoError):
+    """``--services`` without the servers to run against."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(
+            f"--services needs {' and '.join(missing)} (in the environment, or under [services] in the file "
+            'given with --config); see README, "coldtrace demo --services"'
+        )
+        self.missing = missing
+
+
 class StackFailed(DemoError):
     """A component of the demo stack did not come up or stopped."""
 

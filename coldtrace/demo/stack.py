@@ -7,6 +7,9 @@ manager or a task of one :class:`~coldtrace.demo.background.Background` group:
         ──mTLS through each gateway's Uplink (cut for the partition)──▶ cloud broker
         ──▶ cloud Worker (SQLite) ──▶ telemetry sink (InfluxDB v2 write API)
     cloud API (create_app, HTTPS) ──▶ manifests ──▶ cloud broker ──▶ agents
+
+With ``--services`` the brokers are Mosquitto processes of the demo's own, the database a new one on
+the operator's PostgreSQL and the sink the operator's VictoriaMetrics or InfluxDB (:mod:`.services`).
 """
 
 from __future__ import annotations
@@ -16,34 +19,38 @@ import contextlib
 import logging
 import secrets
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import SecretStr
 from rich.console import Console
 
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.publisher import MqttManifestPublisher
-from cloud_ingest.settings import CloudSettings
+from cloud_ingest.settings import CloudSettings, TelemetrySettings
 from cloud_ingest.worker import Worker
 from coldtrace.clock import wall_ms
-from coldtrace.contract.topics import shared_gateway_batches
 from coldtrace.demo.background import Background
 from coldtrace.demo.broker import Acl, MqttBroker, cloud_services, gateway_services, server_tls
 from coldtrace.demo.clock import SimClock
 from coldtrace.demo.cloud import (
-    SHARE_GROUP,
     TELEMETRY_BUCKET,
     TELEMETRY_ORG,
     Database,
     api_server,
     close_consumer,
     cloud_settings,
+    demo_telemetry,
     prepare_database,
     push_manifests,
     wait_started,
+    wait_subscribed,
 )
-from coldtrace.demo.errors import StackFailed
+from coldtrace.demo.errors import ServicesNotConfigured, StackFailed
 from coldtrace.demo.gateways import agent_settings, wait_for_manifest
+from coldtrace.demo.mosquitto import BrokerTls, MosquittoBroker, find_mosquitto
 from coldtrace.demo.progress import Display
 from coldtrace.demo.scenario import (
     PARTITION_AT_S,
@@ -55,7 +62,15 @@ from coldtrace.demo.scenario import (
     ground_truth,
     manifests,
 )
-from coldtrace.demo.settings import DemoSettings
+from coldtrace.demo.services import (
+    HttpStore,
+    SinkStore,
+    TelemetryStore,
+    run_database,
+    shown_url,
+    stored_point_keys,
+)
+from coldtrace.demo.settings import DemoSettings, ServiceSettings
 from coldtrace.demo.sink import TelemetrySink
 from coldtrace.demo.summary import (
     ChainLine,
@@ -88,8 +103,9 @@ logger = logging.getLogger(__name__)
 
 #: Agents load their anomaly model and compile its features on first start (numba caches them).
 AGENT_START_S = 120.0
-#: Once every reading is stored, the spool's last chunk reaches the sink within this long.
-SINK_SETTLE_S = 30.0
+#: Once every reading is stored, the spool's last chunk reaches the telemetry server within this long.
+TELEMETRY_SETTLE_S = 30.0
+TELEMETRY_POLL_S = 0.5
 #: Agents refresh the figures they report once a second.
 AGENT_REPORT_S = 5.0
 STATUS_EVERY_S = 0.25
@@ -122,9 +138,9 @@ class _Parts:
     """The running stack."""
 
     display: Display
-    sink: TelemetrySink
-    cloud_broker: MqttBroker
-    local_brokers: dict[str, MqttBroker]
+    telemetry: TelemetryStore
+    cloud_broker: Broker
+    local_brokers: dict[str, Broker]
     uplinks: dict[str, Uplink]
     cloud: CloudSettings
     database: Database
@@ -133,7 +149,7 @@ class _Parts:
     agents: dict[str, EdgeAgent] = field(default_factory=dict)
 
     @property
-    def brokers(self) -> list[MqttBroker]:
+    def brokers(self) -> list[Broker]:
         """Every broker, the cloud's first."""
         return [self.cloud_broker, *self.local_brokers.values()]
 
@@ -159,13 +175,19 @@ async def run_demo(
     simulation = Simulation(
         scenario, devices=settings.devices, seed=settings.seed, start_ms=start_ms, truth=truth
     )
+    summary: Summary | None = None
+
+    def keep_database() -> bool:
+        # A failed run's database is evidence; a kept work directory refers to it.
+        return not workdir.temporary or summary is None or not summary.ok
+
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(display)
         stack.callback(truth.close)
         registered = {g: (keys[g].public_key(), SITES[i]) for i, g in enumerate(gateway_ids)}
         parts = await _start(
             stack, settings=settings, workdir=workdir, material=material, api_socket=api_socket,
-            display=display, registered=registered, now_ms=now,
+            display=display, registered=registered, now_ms=now, keep_database=keep_database,
         )  # fmt: skip
         await _start_agents(parts, settings=settings, workdir=workdir, material=material, clock=clock)
         await push_manifests(
@@ -182,27 +204,53 @@ async def run_demo(
         )
         summary.elapsed_s = round(loop.time() - started, 1)
         render(summary, console, extra_rows={
-            "brokers": "; ".join(f"{b.name}: {b.stats.connections} sessions, {b.stats.received:,} msgs in, "
-                                 f"{b.stats.denied} denied, {b.stats.tls_refused} TLS refused"
-                                 for b in parts.brokers),
+            "brokers": "; ".join(b.describe() for b in parts.brokers),
+            "telemetry": parts.telemetry.description,
+            "database": shown_url(parts.cloud.database_url),
             "files": f"{workdir.path} (summary.json, truth.jsonl, demo.log)"
             + (", removed at exit: keep them with --workdir" if workdir.temporary else ""),
         })  # fmt: skip
         workdir.summary.write_bytes(summary.to_json())
         if lifetime.hold_open:
-            _announce(console, parts, ca_file=str(material.pki.ca_bundle_path), workdir=workdir)
+            _announce(console, parts, ca_file=str(material.pki.ca_bundle_path))
             lifetime.holding = True
             await lifetime.stop.wait()
             console.print("stopping…")
         return summary
 
 
-async def _start(
-    stack: contextlib.AsyncExitStack, *, settings: DemoSettings, workdir: Workdir, material: DemoPki,
-    api_socket: socket.socket, display: Display, registered: dict[str, tuple[Ed25519PublicKey, str]],
-    now_ms: int,
-) -> _Parts:  # fmt: skip
-    """Sink, brokers, uplinks, then the cloud: database, worker and API (agents come next)."""
+class Broker(Protocol):
+    """An MQTT broker of the demo: embedded (:class:`MqttBroker`) or Mosquitto (:class:`MosquittoBroker`)."""
+
+    name: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """``mqtts://host:port``."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the summary."""
+        ...
+
+
+@dataclass(slots=True)
+class _Servers:
+    """What the cloud and the agents connect to."""
+
+    cloud_broker: Broker
+    local_brokers: dict[str, Broker]
+    telemetry: TelemetryStore
+    telemetry_settings: TelemetrySettings
+    database_url: str
+
+
+async def _embedded_servers(
+    stack: contextlib.AsyncExitStack, *, workdir: Workdir, material: DemoPki, gateways: Iterable[str]
+) -> _Servers:
+    """In-process brokers and telemetry sink; SQLite in the work directory."""
     ca = str(material.pki.ca_bundle_path)
     tls = server_tls(ca_file=ca, cert_file=str(material.server.chain_path),
                      key_file=str(material.server.key_path), crl_file=str(material.pki.crl_path))  # fmt: skip
@@ -210,28 +258,84 @@ async def _start(
     sink = await stack.enter_async_context(
         TelemetrySink(token=sink_token, bucket=TELEMETRY_BUCKET, org=TELEMETRY_ORG)
     )
-    cloud_broker = await stack.enter_async_context(
-        MqttBroker(name="cloud", tls=tls, acl=Acl(users=cloud_services(INGEST_IDENTITY)))
-    )
-    local_brokers: dict[str, MqttBroker] = {}
+    cloud_broker = await stack.enter_async_context(MqttBroker(name="cloud", tls=tls, acl=_cloud_acl()))
+    local_brokers: dict[str, Broker] = {}
+    for g in gateways:
+        local_brokers[g] = await stack.enter_async_context(MqttBroker(name=g, tls=tls, acl=_gateway_acl(g)))
+    workdir.database.parent.mkdir(mode=0o700, exist_ok=True)
+    telemetry = demo_telemetry(sink.url, SecretStr(sink_token))
+    return _Servers(cloud_broker, local_brokers, SinkStore(sink), telemetry, f"sqlite:///{workdir.database}")
+
+
+async def _service_servers(
+    stack: contextlib.AsyncExitStack, *, services: ServiceSettings, workdir: Workdir, material: DemoPki,
+    gateways: Iterable[str], keep_database: Callable[[], bool],
+) -> _Servers:  # fmt: skip
+    """Mosquitto processes of the demo's own; a new database on the PostgreSQL and the time-series
+    server that ``services`` names."""
+    if services.database_url is None or services.telemetry_url is None:
+        raise ServicesNotConfigured(services.missing())
+    store = HttpStore(services)
+    stack.push_async_callback(store.aclose)
+    await store.check()
+    binary = find_mosquitto(services.mosquitto)
+    tls = BrokerTls(ca_file=material.pki.ca_bundle_path, cert_file=material.server.chain_path,
+                    key_file=material.server.key_path, crl_file=material.pki.crl_path)  # fmt: skip
+    brokers_dir = workdir.path / "brokers"
+
+    def mosquitto(name: str, acl: Acl) -> MosquittoBroker:
+        return MosquittoBroker(name=name, binary=binary, directory=brokers_dir / name, tls=tls, acl=acl)
+
+    cloud_broker = await stack.enter_async_context(mosquitto("cloud", _cloud_acl()))
+    local_brokers: dict[str, Broker] = {}
+    for g in gateways:
+        local_brokers[g] = await stack.enter_async_context(mosquitto(g, _gateway_acl(g)))
+    database_url = await stack.enter_async_context(run_database(services.database_url, keep=keep_database))
+    telemetry = demo_telemetry(
+        services.telemetry_url, services.telemetry_token, org=services.telemetry_org,
+        bucket=services.telemetry_bucket,
+    )  # fmt: skip
+    return _Servers(cloud_broker, local_brokers, store, telemetry, database_url)
+
+
+def _cloud_acl() -> Acl:
+    return Acl(users=cloud_services(INGEST_IDENTITY))
+
+
+def _gateway_acl(gateway_id: str) -> Acl:
+    return Acl(users=gateway_services(gateway_id, agent=agent_identity(gateway_id), loadgen=LOADGEN_IDENTITY))
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack, *, settings: DemoSettings, workdir: Workdir, material: DemoPki,
+    api_socket: socket.socket, display: Display, registered: dict[str, tuple[Ed25519PublicKey, str]],
+    now_ms: int, keep_database: Callable[[], bool],
+) -> _Parts:  # fmt: skip
+    """Brokers, telemetry and database (embedded or services), uplinks, then the cloud: worker and API."""
+    if settings.use_services:
+        servers = await _service_servers(
+            stack, services=settings.services, workdir=workdir, material=material, gateways=registered,
+            keep_database=keep_database,
+        )  # fmt: skip
+    else:
+        servers = await _embedded_servers(stack, workdir=workdir, material=material, gateways=registered)
+    cloud_broker = servers.cloud_broker
     uplinks: dict[str, Uplink] = {}
     for g in registered:
-        acl = Acl(users=gateway_services(g, agent=agent_identity(g), loadgen=LOADGEN_IDENTITY))
-        local_brokers[g] = await stack.enter_async_context(MqttBroker(name=g, tls=tls, acl=acl))
         uplinks[g] = await stack.enter_async_context(
             Uplink(name=g, target_host=cloud_broker.host, target_port=cloud_broker.port)
         )
+    kind = "Mosquitto brokers" if settings.use_services else "MQTT 5 brokers"
     display.step(
-        f"MQTT 5 brokers that require client certificates: cloud {cloud_broker.url}, "
-        + ", ".join(f"{g} {b.url}" for g, b in local_brokers.items())
+        f"{kind} that require client certificates: cloud {cloud_broker.url}, "
+        + ", ".join(f"{g} {b.url}" for g, b in servers.local_brokers.items())
     )
-    display.step(f"telemetry sink (InfluxDB v2 write API): {sink.url}/api/v2/write")
+    display.step(servers.telemetry.description)
 
     cloud = cloud_settings(
-        workdir=workdir, pki=material, broker_url=cloud_broker.url, sink_url=sink.url, sink_token=sink_token,
-        host=settings.host, port=int(api_socket.getsockname()[1]),
+        database_url=servers.database_url, pki=material, broker_url=cloud_broker.url,
+        telemetry=servers.telemetry_settings, host=settings.host, port=int(api_socket.getsockname()[1]),
     )  # fmt: skip
-    workdir.database.parent.mkdir(mode=0o700, exist_ok=True)
     database = await asyncio.to_thread(prepare_database, cloud, registered, now_ms=now_ms)
     stack.callback(database.engine.dispose)
     if cloud.broker is None:
@@ -241,16 +345,17 @@ async def _start(
     )
     bg = await stack.enter_async_context(Background())
     worker = Worker(database.engine, cloud, metrics=CloudMetrics())
-    bg.start(worker.run(), "cloud-worker", after=lambda: close_consumer(worker))
+    worker_task = bg.start(worker.run(), "cloud-worker", after=lambda: close_consumer(worker))
     server = api_server(database.engine, cloud, publisher)
     api_task = bg.start(
         server.serve(sockets=[api_socket]), "cloud-api", stop=lambda: setattr(server, "should_exit", True)
     )
-    await cloud_broker.subscribed(shared_gateway_batches(SHARE_GROUP))
+    await wait_subscribed(worker, worker_task)
     await wait_started(server, api_task)
     api_url = f"https://127.0.0.1:{cloud.api.port}"
-    display.step(f"cloud: ingest worker on SQLite ({workdir.database}), API {api_url}")
-    return _Parts(display, sink, cloud_broker, local_brokers, uplinks, cloud, database, bg, api_url)
+    display.step(f"cloud: ingest worker on {shown_url(servers.database_url)}, API {api_url}")
+    return _Parts(display, servers.telemetry, cloud_broker, servers.local_brokers, uplinks, cloud, database,
+                  bg, api_url)  # fmt: skip
 
 
 async def _start_agents(
@@ -319,11 +424,16 @@ async def _drive(
                        expected.samples_sent, settings.settle_timeout_s)  # fmt: skip
     else:
         try:
-            async with asyncio.timeout(SINK_SETTLE_S):
-                await parts.sink.wait_for(lambda s: s.points["reading"] >= status.stored)
+            async with asyncio.timeout(TELEMETRY_SETTLE_S):
+                keys = await asyncio.to_thread(stored_point_keys, parts.database.engine)
+                # Polled: the server has no notification to await.
+                while True:
+                    if await parts.telemetry.points(keys) >= len(keys):
+                        break
+                    await asyncio.sleep(TELEMETRY_POLL_S)
             await _agents_caught_up(parts)
         except TimeoutError:
-            logger.warning("the telemetry sink or the agents' reports did not catch up with the cloud")
+            logger.warning("the telemetry server or the agents' reports did not catch up with the cloud")
     parts.display.stop_bars()
     return fleet, expected
 
@@ -350,15 +460,15 @@ async def _agents_caught_up(parts: _Parts) -> None:
 async def _summarize(
     parts: _Parts, *, settings: DemoSettings, fleet: RunSummary, expected: GroundTruth, simulation: Simulation
 ) -> Summary:
-    """Read the outcome back from the cloud's database, the agents and the sink; add the verdicts."""
+    """Read the outcome back from the cloud's database, the agents and the telemetry; add the verdicts."""
     cloud = await asyncio.to_thread(read_cloud, parts.database.engine)
+    keys = await asyncio.to_thread(stored_point_keys, parts.database.engine)
     heads = {g: a.health()["outbox"].get("head_hash") for g, a in parts.agents.items()}
     summary = Summary(
         elapsed_s=0.0, devices=settings.devices, speed=settings.speed, sim_s=simulation.scenario.duration_s,
         messages_published=fleet.published, messages_acknowledged=fleet.acknowledged,
         samples_sent=expected.samples_sent, readings_stored=cloud.readings,
-        telemetry_points=parts.sink.stats.points["reading"],
-        telemetry_refused=sum(parts.sink.stats.refused.values()),
+        telemetry_points=await parts.telemetry.points(keys), telemetry_refused=parts.telemetry.refused,
         gateways=[
             GatewayFigures(
                 gateway_id=g, messages=counter_total(a.metrics.messages),
@@ -377,14 +487,14 @@ async def _summarize(
     return summary
 
 
-def _announce(console: Console, parts: _Parts, *, ca_file: str, workdir: Workdir) -> None:
+def _announce(console: Console, parts: _Parts, *, ca_file: str) -> None:
     api_url, key = parts.api_url, parts.database.admin_key
     lines = [
         "",
         f"[bold]The cloud API is up:[/] {api_url}  (OpenAPI: {api_url}/openapi.json)",
         f"[bold]Admin API key (shown once):[/] {key}",
         f"Try:  curl --cacert {ca_file} -H 'Authorization: Bearer {key}' {api_url}/v1/holds",
-        f"More keys:  COLDTRACE_CLOUD_DATABASE_URL=sqlite:///{workdir.database} "
+        f"More keys:  COLDTRACE_CLOUD_DATABASE_URL={shown_url(parts.cloud.database_url)} "
         "coldtrace cloud keys create --role quality --name you",
         "Press Ctrl-C to stop.",
     ]

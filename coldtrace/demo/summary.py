@@ -273,7 +273,7 @@ def _overview(summary: Summary, extra_rows: Mapping[str, str]) -> Table:
         "messages": f"{summary.messages_published:,} published, {summary.messages_acknowledged:,} "
         "acknowledged by the gateway brokers",
         "readings": f"{summary.samples_sent:,} sent by the devices, {summary.readings_stored:,} stored "
-        f"by the cloud, {summary.telemetry_points:,} points in the telemetry sink",
+        f"by the cloud, {summary.telemetry_points:,} points read back from telemetry",
         "duplicates": f"{sum(g.duplicates for g in summary.gateways):,} dropped at the gateways "
         "(resends, replays)",
         "rejects, gateways": _reasons(gateway_rejects),

@@ -11,7 +11,9 @@ Durability
     returns, so a returned ``append`` survives power loss. ``"NORMAL"``: the log is fsynced only at
     checkpoints; a commit survives a crash of the process (kill -9) but the last commits before a
     power loss may be lost, and then the broker would not redeliver them because they were acked.
-    Use NORMAL only where power is protected.
+    Use NORMAL only where power is protected. Either way an acknowledgement (a frame leaving) is
+    committed without a sync of its own: the next durable commit covers it, and one lost in a
+    power cut only resends a frame the cloud already has, which it drops as a duplicate.
 
 Idempotence
     A reading is identified by (device_id, seq). Appending one that is waiting, in a frame, already
@@ -70,9 +72,11 @@ Eviction (disk budget)
 Integrity
     Opening runs ``PRAGMA quick_check`` (time proportional to the file size) and checks every
     stored frame against its hash; a damaged file raises :class:`OutboxCorrupt` saying what to do.
-    Each reading is stored as its canonical contract bytes with a CRC-32; one that fails its check
-    (or no longer validates) when batched is moved to a quarantine table, kept for inspection, and
-    replaced by a ``MISSING`` marker. The outbox holds an exclusive lock on its file while open.
+    Each reading is validated when appended and stored as its canonical contract bytes with a
+    CRC-32; a batch carries those bytes as they are, without decoding them again. One whose bytes
+    fail their CRC-32, or do not carry the reading's own device_id and seq, when batched is moved
+    to a quarantine table, kept for inspection, and replaced by a ``MISSING`` marker. The outbox
+    holds an exclusive lock on its file while open.
 """
 
 from edge_agent.outbox.errors import (

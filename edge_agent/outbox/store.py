@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coldtrace.contract import (
     DEFAULT_LIMITS,
-    Batch,
     Limits,
     MarkerKind,
     Reading,
+    batch_without_readings,
     frame_hash,
-    sign_batch,
+    sign_batch_with_readings,
 )
 from coldtrace.contract.batch import HEADER_BYTES
 from edge_agent.outbox import batching, codec, tables, thinning
@@ -29,6 +29,7 @@ from edge_agent.outbox.batching import Row
 from edge_agent.outbox.errors import OutboxError, UnknownBatch, translate
 from edge_agent.outbox.models import OutboxStats, PendingFrame, Priority
 from edge_agent.outbox.schema import Synchronous, open_database
+from edge_agent.outbox.seen import SeqRanges
 from edge_agent.outbox.thinning import MarkerRun
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Outbox:
         self._path = Path(path)
         self._wal_path = self._path.with_name(self._path.name + "-wal")
         self._gateway_id = gateway_id
+        self._synchronous: Synchronous = synchronous
+        self._sync_level: Synchronous = synchronous  # what the connection is set to now
         self._budget = budget_bytes
         self._limits = limits
         self._lock = threading.Lock()
@@ -106,10 +109,20 @@ class Outbox:
             raise translate(exc, path=self._path, action=action) from exc
 
     @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any exception."""
+    def _writing(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous = NORMAL``): in WAL mode
+        such a commit is made durable by the next durable one, whose sync covers the log up to it.
+        Only for writes whose loss in a power cut is harmless. The level is set before the
+        transaction begins, so a failure anywhere leaves the outbox as it was.
+        """
         conn = self._connection()
+        level = self._synchronous if durable else "NORMAL"
         try:
+            if level != self._sync_level:
+                conn.execute(f"PRAGMA synchronous = {level}")
+                self._sync_level = level
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -178,74 +191,120 @@ class Outbox:
         excursions first when ``live_after_ms`` is given, see the package docs), within the frame
         size limit. Frame, chain head and the readings' removal are committed together.
         """
+        frames = self.form_batches(
+            signer=signer, max_readings=max_readings, now_ms=now_ms, live_after_ms=live_after_ms, count=1
+        )
+        return frames[0] if frames else None
+
+    def form_batches(
+        self,
+        *,
+        signer: Ed25519PrivateKey,
+        max_readings: int,
+        now_ms: int,
+        live_after_ms: int | None = None,
+        count: int,
+    ) -> list[PendingFrame]:
+        """Up to ``count`` batches, each as :meth:`form_batch` forms it, committed in one transaction.
+
+        The same frames as ``count`` calls of :meth:`form_batch`, byte for byte, for one sync to disk
+        instead of ``count``: what a backlog drain is limited by. Stops early when nothing more waits,
+        or at a damaged reading (the next call quarantines it first, in a transaction of its own).
+        """
         if not 1 <= max_readings <= self._limits.max_readings_per_batch:
             raise ValueError(
                 f"max_readings={max_readings} is outside 1..{self._limits.max_readings_per_batch}"
             )
+        if count < 1:
+            raise ValueError(f"count={count} must be at least 1")
         with self._lock:
             while True:
-                markers, rows = self._choose(max_readings, now_ms, live_after_ms)
-                readings, damaged = codec.decode_rows(rows)
+                markers, rows = self._choose(
+                    max_readings, now_ms, live_after_ms, batch_seq=self._next_seq, prev_hash=self._head,
+                    waiting=self._pending,
+                )  # fmt: skip
+                damaged = codec.damaged(rows)
                 if not damaged:
                     break
                 self._quarantine(damaged)  # then choose again, with their MISSING markers
             if not markers and not rows:
-                return None
-            # The readings were validated one by one above; validating the batch with only the first
-            # checks its own fields without running every reading's validators a second time.
-            batch = Batch(
-                batch_seq=self._next_seq,
-                created_ms=now_ms,
-                gateway_id=self._gateway_id,
-                markers=tuple(m.to_marker() for _, m in markers),
-                prev_hash=self._head,
-                readings=tuple(readings[:1]),
-                schema_version=1,
-            )
-            if len(readings) > 1:
-                batch = batch.model_copy(update={"readings": tuple(readings)})
-            frame = sign_batch(batch, signer, limits=self._limits)
-            for row in codec.respelled(frame, rows, readings):
-                logger.error(
-                    "outbox %s: device %s seq %d was stored in a non-canonical spelling; sent the "
-                    "canonical encoding of the same values",
-                    self._path, row.device_id, row.seq,
-                )  # fmt: skip
-            digest = frame_hash(frame)
-            oldest = min((row.okey for row in rows), default=None)
-            removed: dict[str, list[int]] = {}
-            for row in rows:
-                removed.setdefault(row.device_id, []).append(row.seq)
-            with self._writing("forming a batch") as conn:
-                tables.delete_readings(conn, [row.id for row in rows])
-                tables.delete_markers(conn, [marker_id for marker_id, _ in markers])
-                seen = tables.absorb(conn, self._seen, removed)
-                conn.execute(
-                    "INSERT INTO frame (batch_seq, frame, hash, reading_count, oldest_okey)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (batch.batch_seq, frame, digest, len(rows), oldest),
-                )
-                conn.execute(
-                    "UPDATE meta SET next_batch_seq = ?, head_hash = ? WHERE id = 1",
-                    (batch.batch_seq + 1, digest),
-                )
-            pending = PendingFrame(batch.batch_seq, frame, len(rows))
-            self._seen.update(seen)
-            self._frames[batch.batch_seq] = (pending, oldest)
-            self._pending -= len(rows)
-            self._next_seq, self._head = batch.batch_seq + 1, digest
-            logger.debug(
-                "formed batch %d: %d readings, %d markers, %d bytes",
-                batch.batch_seq, len(rows), len(markers), len(frame),
-            )  # fmt: skip
-            return pending
+                return []
+            formed: list[tuple[PendingFrame, int | None]] = []
+            seen = dict(self._seen)  # this call's records, swapped in once it commits
+            next_seq, head, taken = self._next_seq, self._head, 0
+            with self._writing("forming batches") as conn:
+                while True:
+                    pending, oldest = self._form_one(
+                        conn, signer=signer, markers=markers, rows=rows, now_ms=now_ms, batch_seq=next_seq,
+                        prev_hash=head, seen=seen,
+                    )  # fmt: skip
+                    formed.append((pending, oldest))
+                    next_seq, head = next_seq + 1, frame_hash(pending.frame)
+                    taken += len(rows)
+                    if len(formed) == count:
+                        break
+                    markers, rows = self._choose(
+                        max_readings, now_ms, live_after_ms, batch_seq=next_seq, prev_hash=head,
+                        waiting=self._pending - taken,
+                    )  # fmt: skip
+                    if (not markers and not rows) or codec.damaged(rows):
+                        break
+            self._seen = seen
+            for pending, oldest in formed:
+                self._frames[pending.batch_seq] = (pending, oldest)
+            self._pending -= taken
+            self._next_seq, self._head = next_seq, head
+            return [pending for pending, _ in formed]
+
+    def _form_one(
+        self, conn: sqlite3.Connection, *, signer: Ed25519PrivateKey, markers: list[tuple[int, MarkerRun]],
+        rows: list[Row], now_ms: int, batch_seq: int, prev_hash: str, seen: dict[str, SeqRanges],
+    ) -> tuple[PendingFrame, int | None]:  # fmt: skip
+        """Sign the batch of ``markers`` and ``rows`` and write it, inside the caller's transaction.
+
+        ``seen`` is updated with the devices' new records (the caller keeps it until the commit).
+        """
+        # The stored bodies are canonical readings, validated when appended and checked by the
+        # caller: they go into the signed body as they are, without a decode and re-encode.
+        batch = batch_without_readings(
+            batch_seq=batch_seq,
+            created_ms=now_ms,
+            gateway_id=self._gateway_id,
+            markers=[m.to_marker() for _, m in markers],
+            prev_hash=prev_hash,
+        )
+        frame = sign_batch_with_readings(batch, [row.body for row in rows], signer, limits=self._limits)
+        digest = frame_hash(frame)
+        oldest = min((row.okey for row in rows), default=None)
+        removed: dict[str, list[int]] = {}
+        for row in rows:
+            removed.setdefault(row.device_id, []).append(row.seq)
+        tables.delete_readings(conn, [row.id for row in rows])
+        tables.delete_markers(conn, [marker_id for marker_id, _ in markers])
+        seen.update(tables.absorb(conn, seen, removed))
+        conn.execute(
+            "INSERT INTO frame (batch_seq, frame, hash, reading_count, oldest_okey) VALUES (?, ?, ?, ?, ?)",
+            (batch_seq, frame, digest, len(rows), oldest),
+        )
+        conn.execute(
+            "UPDATE meta SET next_batch_seq = ?, head_hash = ? WHERE id = 1", (batch_seq + 1, digest)
+        )
+        logger.debug(
+            "formed batch %d: %d readings, %d markers, %d bytes",
+            batch_seq,
+            len(rows),
+            len(markers),
+            len(frame),
+        )
+        return PendingFrame(batch_seq, frame, len(rows)), oldest
 
     def _choose(
-        self, max_readings: int, now_ms: int, live_after_ms: int | None
-    ) -> tuple[list[tuple[int, MarkerRun]], list[Row]]:
-        """The waiting markers and readings the next batch carries."""
+        self, max_readings: int, now_ms: int, live_after_ms: int | None, *, batch_seq: int, prev_hash: str,
+        waiting: int,
+    ) -> tuple[list[tuple[int, MarkerRun]], list[Row]]:  # fmt: skip
+        """The waiting markers and readings batch ``batch_seq`` carries (``waiting``: readings left)."""
         overhead = HEADER_BYTES + batching.body_overhead(
-            gateway_id=self._gateway_id, batch_seq=self._next_seq, created_ms=now_ms, prev_hash=self._head
+            gateway_id=self._gateway_id, batch_seq=batch_seq, created_ms=now_ms, prev_hash=prev_hash
         )
         budget = self._limits.max_batch_bytes - overhead
         with self._reading("choosing the next batch") as conn:
@@ -255,7 +314,7 @@ class Outbox:
             rows = tables.choose_rows(
                 conn, live_after_ms=live_after_ms, max_readings=max_readings, byte_budget=budget - used
             )
-        if not rows and not markers and self._pending:
+        if not rows and not markers and waiting:
             raise OutboxError(
                 f"outbox {self._path}: the oldest waiting reading does not fit in a frame of "
                 f"{self._limits.max_batch_bytes} bytes; raise max_batch_bytes",
@@ -296,7 +355,9 @@ class Outbox:
                     logger.debug("batch %d acknowledged again", batch_seq)
                     return
                 raise UnknownBatch(batch_seq, path=self._path)
-            with self._writing("acknowledging a batch") as conn:
+            # Not waited for: an acknowledgement lost in a power cut only resends the frame, which
+            # the cloud recognises as a duplicate; the next batch formed makes it durable.
+            with self._writing("acknowledging a batch", durable=False) as conn:
                 conn.execute("DELETE FROM frame WHERE batch_seq = ?", (batch_seq,))
             del self._frames[batch_seq]
 

@@ -215,10 +215,26 @@ def absorb(
     Call inside the transaction, after the rows are deleted; swap the result in once it commits.
     """
     out: dict[str, SeqRanges] = {}
+    stale: list[tuple[str, int]] = []  # (device_id, seq_from) rows to delete
+    fresh: list[tuple[str, int, int]] = []  # rows to write
     for device, seqs in removed.items():
         old = seen.get(device)
         before = old.intervals() if old is not None else []
         added = runs(sorted(seqs))
+        if len(added) == 1 and (not before or (len(before) == 1 and _touch(before[0], added[0]))):
+            # The common case (a device's readings leave in order): the record is and stays one
+            # interval, with no gap to bridge and nothing to cap, so what the general path below
+            # would do reduces to this.
+            lo, hi = added[0]
+            if before:
+                was = before[0]
+                lo, hi = min(lo, was[0]), max(hi, was[1])
+                if lo != was[0]:
+                    stale.append((device, was[0]))
+            if not before or (lo, hi) != before[0]:
+                fresh.append((device, lo, hi))
+            out[device] = SeqRanges.normalised([(lo, hi)])
+            continue
         merged = union(before, added)
         bridges = [
             (lo, hi)
@@ -229,16 +245,21 @@ def absorb(
         if after != before:
             starts = {lo for lo, _ in after}
             kept = set(before)
-            conn.executemany(
-                "DELETE FROM seen WHERE device_id = ? AND seq_from = ?",
-                [(device, lo) for lo, _ in before if lo not in starts],
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO seen (device_id, seq_from, seq_to) VALUES (?, ?, ?)",
-                [(device, lo, hi) for lo, hi in after if (lo, hi) not in kept],
-            )
-        out[device] = SeqRanges(after)
+            stale.extend((device, lo) for lo, _ in before if lo not in starts)
+            fresh.extend((device, lo, hi) for lo, hi in after if (lo, hi) not in kept)
+        out[device] = SeqRanges.normalised(after)
+    # One statement each for all devices: rows are keyed by device, so doing every device's deletes
+    # before any device's writes leaves the same table as interleaving them device by device.
+    if stale:
+        conn.executemany("DELETE FROM seen WHERE device_id = ? AND seq_from = ?", stale)
+    if fresh:
+        conn.executemany("INSERT OR REPLACE INTO seen (device_id, seq_from, seq_to) VALUES (?, ?, ?)", fresh)
     return out
+
+
+def _touch(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two intervals overlap or are adjacent (their union is one interval)."""
+    return a[0] <= b[1] + 1 and b[0] <= a[1] + 1
 
 
 def _all_waiting(conn: sqlite3.Connection, device: str, lo: int, hi: int) -> bool:

@@ -64,13 +64,6 @@ def test_help_everywhere(argv: list[str]) -> None:
     assert "Usage:" in result.output
 
 
-@pytest.mark.parametrize("argv", [["demo", "--services"]])
-def test_commands_not_built_yet_say_so_and_exit_69(argv: list[str]) -> None:
-    result = runner.invoke(app, argv)
-    assert result.exit_code == ExitCode.UNAVAILABLE
-    assert "not built yet" in result.output
-
-
 def test_unknown_command_is_a_usage_error() -> None:
     assert runner.invoke(app, ["teleport"]).exit_code == ExitCode.USAGE
 

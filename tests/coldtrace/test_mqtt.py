@@ -1,4 +1,5 @@
-"""The asyncio MQTT driver against the real broker: what a PUBACK means, and reconnecting after a restart."""
+"""The MQTT clients against the real broker: what a PUBACK means, and reconnecting after a restart (both
+clients: paho's and coldtrace.mqtt_native's)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,25 @@ from collections.abc import Callable
 import pytest
 
 from certs.pki import IssuedIdentity, Pki, Role
-from coldtrace.mqtt import BrokerUrl, MqttClient, TlsFiles, reached_subscribers, reconnect_forever
+from coldtrace.mqtt import (
+    BrokerUrl,
+    MqttClient,
+    MqttConnection,
+    TlsFiles,
+    reached_subscribers,
+    reconnect_forever,
+)
+from coldtrace.mqtt_native import NativeMqttClient
 from tests.edge_agent.conftest import _broker
 from tests.harness.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.services
 
 
-def _client(pki: Pki, who: IssuedIdentity, broker: Mosquitto, client_id: str) -> MqttClient:
-    return MqttClient(
+def _client(
+    pki: Pki, who: IssuedIdentity, broker: Mosquitto, client_id: str, kind: type[MqttConnection] = MqttClient
+) -> MqttConnection:
+    return kind(
         client_id=client_id, broker=BrokerUrl(host=broker.host, port=broker.port, tls=True),
         tls=TlsFiles(ca_file=pki.ca_bundle_path, cert_file=who.cert_path, key_file=who.key_path),
     )  # fmt: skip
@@ -47,14 +58,16 @@ def test_a_message_nobody_subscribes_to_is_not_counted_as_delivered(
         mosquitto_tls.close()
 
 
+@pytest.mark.parametrize("kind", [MqttClient, NativeMqttClient], ids=["paho", "native"])
 def test_a_client_reconnects_and_resubscribes_after_a_broker_restart(
-    pki: Pki, identity: Callable[[Role, str], IssuedIdentity], server_identity: IssuedIdentity
-) -> None:
+    pki: Pki, identity: Callable[[Role, str], IssuedIdentity], server_identity: IssuedIdentity,
+    kind: type[MqttConnection],
+) -> None:  # fmt: skip
     broker = _broker(pki, server_identity)
     broker.start()
 
     async def scenario() -> bytes:
-        listener = _client(pki, identity(Role.SERVICE, "svc-ops"), broker, "svc-ops-restart")
+        listener = _client(pki, identity(Role.SERVICE, "svc-ops"), broker, "svc-ops-restart", kind)
         subscribed = asyncio.Event()
 
         async def subscribe() -> None:

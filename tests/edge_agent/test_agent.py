@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from certs.pki import IssuedIdentity, Pki, Role
-from coldtrace.contract import ContractError
+from coldtrace.contract import ContractError, Flag
 from firmware_sim.runner import run_fleet
 from firmware_sim.truth import TruthWriter
 from tests.edge_agent.cloud_side import CloudCollector, GatewayTrust, longest_decreasing
@@ -81,6 +81,7 @@ def test_100k_readings_from_200_devices_arrive_once_in_order_signed_and_chained(
         assert reading.t_device_ms == truth[key].t_device_ms, key
         assert reading.model is not None, key
         assert reading.anomaly_score is not None, key
+        assert Flag.BACKFILL not in reading.flags, key  # the uplink was up throughout: all live
 
     exempt = published_out_of_order(writer)
     disordered = {

@@ -294,6 +294,41 @@ def test_damaged_stored_reading_is_quarantined_and_leaves_a_marker(
     assert outbox.append(rows("dev-a", [2])) == 0  # not taken again on redelivery
 
 
+@pytest.mark.parametrize(
+    ("device", "seq", "stolen"),
+    [
+        ("dev-a", 1, ("dev-a", 12)),  # "seq":1 is a prefix of "seq":12
+        ("dev-a", 3, ("dev-ab", 3)),  # "dev-a" is a prefix of "dev-ab"
+    ],
+)
+def test_a_stored_reading_filed_under_another_key_is_quarantined(
+    outbox: Outbox, key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture, device: str, seq: int,
+    stolen: tuple[str, int],
+) -> None:  # fmt: skip
+    outbox.append(rows("dev-a", [1, 3, 12]) + rows("dev-ab", [3]))
+    conn = outbox._conn
+    assert conn is not None
+    # Another reading's bytes with their own (valid) CRC: only the key check can tell.
+    body, crc = conn.execute(
+        "SELECT body, crc FROM reading WHERE device_id = ? AND seq = ?", stolen
+    ).fetchone()
+    conn.execute(
+        "UPDATE reading SET body = ?, crc = ? WHERE device_id = ? AND seq = ?", (body, crc, device, seq)
+    )
+
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox.store"):
+        frame = outbox.form_batch(signer=key, max_readings=10, now_ms=T0)
+    assert frame is not None
+    batch = verify_frame(frame.frame, key.public_key()).batch
+    keys = {(r.device_id, r.seq) for r in batch.readings}
+    assert keys == {("dev-a", 1), ("dev-a", 3), ("dev-a", 12), ("dev-ab", 3)} - {(device, seq)}
+    assert [(m.kind, m.device_id, m.seq_from) for m in batch.markers] == [(MarkerKind.MISSING, device, seq)]
+    assert conn.execute("SELECT device_id, seq, reason FROM quarantine").fetchall() == [
+        (device, seq, "the stored reading does not match its key")
+    ]
+    assert "does not match its key" in caplog.text
+
+
 def test_a_second_owner_is_refused(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("edge_agent.outbox.schema.LOCK_TIMEOUT_S", 0.01)
     with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG), pytest.raises(OutboxLocked):
@@ -320,3 +355,50 @@ def test_nothing_waiting_forms_nothing(outbox: Outbox, key: Ed25519PrivateKey) -
     assert outbox.form_batch(signer=key, max_readings=10, now_ms=T0, live_after_ms=T0) is None
     assert outbox.append([]) == 0
     assert waiting(outbox) == []
+
+
+def test_an_acknowledgement_is_committed_without_a_sync_and_the_next_batch_with_one(
+    path: Path, key: Ed25519PrivateKey
+) -> None:
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        conn = box._conn
+        assert conn is not None
+        box.append(rows("dev-a", range(9)))
+        first = box.form_batch(signer=key, max_readings=3, now_ms=T0)
+        second = box.form_batch(signer=key, max_readings=3, now_ms=T0)
+        assert first is not None
+        assert second is not None
+        box.acknowledge(first.batch_seq)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: not waited for
+        assert box.form_batch(signer=key, max_readings=3, now_ms=T0) is not None
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: frames are durable when sent
+        pending = [f.batch_seq for f in box.pending_frames()]
+        assert pending == [second.batch_seq, second.batch_seq + 1]
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:  # the acknowledgement was committed
+        assert [f.batch_seq for f in box.pending_frames()] == pending
+
+
+def test_batches_formed_together_are_the_batches_formed_one_by_one(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    appended = rows("dev-a", range(40)) + rows("dev-b", range(25), Priority.EXCURSION, t_ms=T0 + 3)
+    frames: dict[str, list[bytes]] = {}
+    for how in ("together", "one by one"):
+        with Outbox(tmp_path / f"{how}.db", gateway_id=GATEWAY, budget_bytes=BIG) as box:
+            box.append(appended)
+            if how == "together":
+                formed = box.form_batches(signer=key, max_readings=10, now_ms=T0, live_after_ms=T0, count=4)
+                formed += box.form_batches(signer=key, max_readings=10, now_ms=T0, live_after_ms=T0, count=9)
+            else:
+                formed = []
+                while frame := box.form_batch(signer=key, max_readings=10, now_ms=T0, live_after_ms=T0):
+                    formed.append(frame)
+            assert box.waiting == 0
+            assert [f.batch_seq for f in box.pending_frames()] == list(range(1, 8))
+        frames[how] = [f.frame for f in formed]
+        with Outbox(tmp_path / f"{how}.db", gateway_id=GATEWAY, budget_bytes=BIG) as box:  # and on disk
+            assert [f.frame for f in box.pending_frames()] == frames[how]
+            assert box.stats().head_hash == frame_hash(frames[how][-1])
+    assert len(frames["together"]) == 7  # 65 readings by 10; the second call stopped when none waited
+    assert frames["together"] == frames["one by one"]  # byte for byte: Ed25519 signatures are deterministic
+    verify_chain(frames["together"], key=key)

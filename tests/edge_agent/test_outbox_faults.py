@@ -96,6 +96,9 @@ OPERATIONS: dict[str, Callable[[Outbox], object]] = {
         signer=signer(), max_readings=30, now_ms=T0 + 1, live_after_ms=T0 + 30_000
     ),
     "acknowledge": lambda box: box.acknowledge(2),
+    "form several": lambda box: box.form_batches(
+        signer=signer(), max_readings=12, now_ms=T0 + 1, live_after_ms=T0 + 30_000, count=3
+    ),
 }
 
 

@@ -1,15 +1,19 @@
-"""The outbox's pure parts: the fast encoder, interval records, batch selection, thinning choices."""
+"""The outbox's parts: the fast encoder, interval records and their table, batch selection, thinning."""
 
 from __future__ import annotations
 
 import itertools
+import sqlite3
+from collections.abc import Mapping, Sequence
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coldtrace.contract import MarkerKind, Reading, canonical_bytes, decode_model
-from edge_agent.outbox import Priority, batching, codec, thinning
+from edge_agent.outbox import Priority, batching, codec, tables, thinning
 from edge_agent.outbox.batching import Query, Row
+from edge_agent.outbox.schema import _V1 as SCHEMA
 from edge_agent.outbox.seen import SeqRanges, cap, gaps_touching, runs, union
 from edge_agent.outbox.thinning import Candidate, MarkerRun
 from tests.coldtrace.contract.strategies import readings
@@ -54,6 +58,97 @@ def test_cap_fills_the_oldest_gaps_first() -> None:
     assert cap(intervals, 4) == intervals
     assert cap(intervals, 2) == [(0, 9), (20, 21)]
     assert cap(intervals, 1) == [(0, 21)]
+
+
+def _absorb_reference(
+    conn: sqlite3.Connection, seen: Mapping[str, SeqRanges], removed: Mapping[str, Sequence[int]]
+) -> dict[str, SeqRanges]:
+    """``tables.absorb`` as it was before its fast path and batched writes: the behaviour to keep."""
+    out: dict[str, SeqRanges] = {}
+    for device, seqs in removed.items():
+        old = seen.get(device)
+        before = old.intervals() if old is not None else []
+        added = runs(sorted(seqs))
+        merged = union(before, added)
+        bridges = [
+            (lo, hi)
+            for lo, hi in gaps_touching(merged, added)
+            if hi - lo + 1 <= tables.BRIDGE_MAX
+            and conn.execute(
+                "SELECT COUNT(*) FROM reading WHERE device_id = ? AND seq BETWEEN ? AND ?", (device, lo, hi)
+            ).fetchone()[0]
+            == hi - lo + 1
+        ]
+        after = cap(union(merged, bridges), tables.MAX_SEEN_INTERVALS)
+        if after != before:
+            starts = {lo for lo, _ in after}
+            kept = set(before)
+            conn.executemany(
+                "DELETE FROM seen WHERE device_id = ? AND seq_from = ?",
+                [(device, lo) for lo, _ in before if lo not in starts],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO seen (device_id, seq_from, seq_to) VALUES (?, ?, ?)",
+                [(device, lo, hi) for lo, hi in after if (lo, hi) not in kept],
+            )
+        out[device] = SeqRanges(after)
+    return out
+
+
+@st.composite
+def _absorb_case(draw: st.DrawFn) -> tuple[set[int], set[int], list[int]]:
+    """One device's record, its waiting seqs and the seqs that leave (any order, maybe already seen)."""
+    if draw(st.booleans()):  # the common case: one interval (or none), extended by a run
+        lo = draw(st.integers(0, 40))
+        hi = draw(st.integers(lo, 50))
+        seen = set(range(lo, hi + 1)) if draw(st.booleans()) else set()
+        start = draw(st.integers(max(0, lo - 8), hi + 3))
+        leaving = set(range(start, start + draw(st.integers(1, 6))))
+    else:
+        seen = draw(st.sets(st.integers(0, 60)))
+        leaving = draw(st.sets(st.integers(0, 60), min_size=1))
+    waiting = draw(st.sets(st.integers(0, 70))) - leaving
+    return seen, waiting, draw(st.permutations(sorted(leaving)))
+
+
+def _seen_db(cases: Mapping[str, tuple[set[int], set[int], list[int]]]) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    for device, (seen, waiting, _) in cases.items():
+        conn.executemany(
+            "INSERT INTO seen (device_id, seq_from, seq_to) VALUES (?, ?, ?)",
+            [(device, lo, hi) for lo, hi in runs(sorted(seen))],
+        )
+        conn.executemany(
+            "INSERT INTO reading (device_id, seq, okey, priority, t_device_ms, crc, body)"
+            " VALUES (?, ?, 0, 0, 0, 0, x'')",
+            [(device, seq) for seq in sorted(waiting)],
+        )
+    return conn
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(st.sampled_from(["d-0", "d-1", "d-2", "d-3"]), _absorb_case(), min_size=1),
+    st.sampled_from([tables.MAX_SEEN_INTERVALS, 2, 3]),
+    st.sampled_from([tables.BRIDGE_MAX, 1, 3]),
+)
+def test_absorb_records_exactly_what_it_did_device_by_device(
+    cases: dict[str, tuple[set[int], set[int], list[int]]], max_intervals: int, bridge_max: int
+) -> None:
+    seen = {device: SeqRanges(runs(sorted(case[0]))) for device, case in cases.items() if case[0]}
+    removed = {device: case[2] for device, case in list(cases.items())[1:]}  # the first only looks on
+    fast, slow = _seen_db(cases), _seen_db(cases)
+    with (
+        mock.patch.object(tables, "MAX_SEEN_INTERVALS", max_intervals),
+        mock.patch.object(tables, "BRIDGE_MAX", bridge_max),
+    ):
+        got = tables.absorb(fast, seen, removed)
+        expected = _absorb_reference(slow, seen, removed)
+    assert {d: r.intervals() for d, r in got.items()} == {d: r.intervals() for d, r in expected.items()}
+    table = "SELECT device_id, seq_from, seq_to FROM seen ORDER BY device_id, seq_from"
+    assert fast.execute(table).fetchall() == slow.execute(table).fetchall()
 
 
 def _row(okey: int, device: str, seq: int, size: int = 10) -> Row:

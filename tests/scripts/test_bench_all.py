@@ -16,5 +16,12 @@ def test_help_names_every_benchmark_script() -> None:
     )  # fmt: skip
 
     assert done.returncode == 0, done.stderr
-    for script in ("bench.py sim", "bench_agent.py", "bench_cloud.py", "bench_e2e.py", "--quick"):
+    for script in (
+        "bench.py sim",
+        "bench_agent.py",
+        "bench_drain.py",
+        "bench_cloud.py",
+        "bench_e2e.py",
+        "--quick",
+    ):
         assert script in done.stdout

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness.services import require_binary
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts.quick import quick_run, require_cloud_servers
 
 pytestmark = pytest.mark.services
 
 
 def test_quick_run_times_every_excursion_on_both_paths(tmp_path: Path) -> None:
-    require_binary("Mosquitto", "mosquitto", package="mosquitto", extra_dirs=[Path("/usr/sbin")])
-    require_binary("PostgreSQL 15", "postgres", package="postgresql-15",
-                   extra_dirs=[Path("/usr/lib/postgresql/15/bin")])  # fmt: skip
-    require_binary("VictoriaMetrics", "victoria-metrics", package="victoria-metrics")
-    benchmarks = ROOT / "BENCHMARKS.md"
-    before = benchmarks.read_bytes() if benchmarks.exists() else None
+    require_cloud_servers()
     out = tmp_path / "results.json"
-
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=150, check=False, cwd=ROOT,
-    )  # fmt: skip
-
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    quick_run("bench_e2e.py", "--out", str(out), timeout_s=150)
     report = json.loads(out.read_bytes())
     by_path = {r["path"]: r for r in report["results"]}
     assert set(by_path) == {"bare", "coldtrace"}
@@ -51,5 +36,3 @@ def test_quick_run_times_every_excursion_on_both_paths(tmp_path: Path) -> None:
     assert "| 200 | coldtrace (agent, worker, API) |" in section
     assert "Latency ratio, coldtrace / bare transport (same run): at 200/s p50 " in section
     assert "with `python scripts/bench_e2e.py --rate 200 --excursions 8" in section
-    # --quick writes nothing.
-    assert (benchmarks.read_bytes() if benchmarks.exists() else None) == before

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from coldtrace.demo.broker.wire import (
+from coldtrace.mqtt_wire import (
     MalformedPacket,
     PacketError,
     PacketType,

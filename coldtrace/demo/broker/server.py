@@ -62,7 +62,7 @@ from coldtrace.demo.broker.session import (
     Session,
     Subscription,
 )
-from coldtrace.demo.broker.wire import (
+from coldtrace.mqtt_wire import (
     MalformedPacket,
     PacketError,
     Prop,
@@ -151,6 +151,12 @@ class MqttBroker:
     def url(self) -> str:
         """``mqtts://host:port``."""
         return f"mqtts://{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        """One line for the summary: sessions, messages and refusals."""
+        s = self.stats
+        return (f"{self.name}: {s.connections} sessions, {s.received:,} msgs in, {s.denied} denied, "
+                f"{s.tls_refused} TLS refused")  # fmt: skip
 
     async def __aenter__(self) -> Self:
         self._group = await self._stack.enter_async_context(asyncio.TaskGroup())

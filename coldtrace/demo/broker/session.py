@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from coldtrace.demo.broker.acl import Filter
 from coldtrace.demo.broker.packets import Publish, Will, disconnect, publish
-from coldtrace.demo.broker.wire import Properties, Reason
+from coldtrace.mqtt_wire import Properties, Reason
 
 logger = logging.getLogger(__name__)
 

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from coldtrace.contract import (
     GENESIS_HASH,
     Batch,
     ClockQuality,
     ContractError,
+    FieldError,
     Limits,
+    Marker,
+    MarkerKind,
     Reading,
     RejectCode,
     SourceFormat,
+    batch_without_readings,
     canonical_bytes,
     decode_body,
     frame_hash,
     open_frame,
     sign_batch,
+    sign_batch_with_readings,
     verify_frame,
 )
 from coldtrace.contract.batch import HEADER_BYTES
 from coldtrace.contract.limits import MAX_READINGS_PER_BATCH
-from tests.coldtrace.contract.strategies import batches, readings
+from tests.coldtrace.contract.strategies import batches, markers, readings
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -200,3 +208,97 @@ def test_hash_chain_links_frames(batch_readings: list[object]) -> None:
     second = first.model_copy(update={"batch_seq": 2, "prev_hash": frame_hash(frame_1)})
     signed_2 = verify_frame(sign_batch(second, KEY), KEY.public_key())
     assert signed_2.batch.prev_hash == verify_frame(frame_1, KEY.public_key()).frame_hash
+
+
+def _without_readings(batch: Batch) -> Batch:
+    return batch_without_readings(
+        batch_seq=batch.batch_seq, created_ms=batch.created_ms, gateway_id=batch.gateway_id,
+        markers=batch.markers, prev_hash=batch.prev_hash,
+    )  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(batches())
+def test_signing_with_reading_bodies_gives_the_frame_of_the_whole_batch(batch: Batch) -> None:
+    empty = _without_readings(batch)
+    assert empty == batch.model_copy(update={"readings": ()})
+    bodies = [canonical_bytes(r) for r in batch.readings]
+    assert sign_batch_with_readings(empty, bodies, KEY) == sign_batch(batch, KEY)
+
+
+def _outcome(sign: Callable[[], bytes]) -> bytes | tuple[RejectCode, tuple[FieldError, ...]]:
+    try:
+        return sign()
+    except ContractError as exc:
+        return exc.code, exc.errors
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(batches(max_readings=4), st.data())
+def test_signing_with_reading_bodies_breaks_the_same_limits(batch: Batch, data: st.DataObject) -> None:
+    # Readings and markers added beyond the strategy's few (model_construct: Batch's own ceiling of
+    # 1000 is not what is tested), and limits drawn around the batch's actual counts and size.
+    extra_readings = data.draw(st.lists(readings(), max_size=3), label="extra readings")
+    extra_markers = data.draw(st.lists(markers(), max_size=3), label="extra markers")
+    whole = Batch.model_construct(
+        **(
+            dict(batch)
+            | {"readings": (*batch.readings, *extra_readings), "markers": (*batch.markers, *extra_markers)}
+        )
+    )
+    size = len(sign_batch(whole, KEY))
+    limits = Limits(
+        max_readings_per_batch=max(1, len(whole.readings) + data.draw(st.integers(-2, 1), label="readings")),
+        max_markers_per_batch=max(1, len(whole.markers) + data.draw(st.integers(-2, 1), label="markers")),
+        max_batch_bytes=size + data.draw(st.integers(-2, 1), label="bytes"),
+    )
+    empty = _without_readings(whole)
+    bodies = [canonical_bytes(r) for r in whole.readings]
+    expected = _outcome(lambda: sign_batch(whole, KEY, limits=limits))
+    assert _outcome(lambda: sign_batch_with_readings(empty, bodies, KEY, limits=limits)) == expected
+
+
+def test_signing_with_reading_bodies_refuses_an_empty_batch() -> None:
+    empty = batch_without_readings(
+        batch_seq=1, created_ms=1_795_000_000_000, gateway_id="gw-1", prev_hash=GENESIS_HASH
+    )
+    with pytest.raises(ContractError) as caught:
+        sign_batch_with_readings(empty, [], KEY)
+    assert (caught.value.code, caught.value.field) == (RejectCode.INVALID_FIELD, "readings")
+    with pytest.raises(ValueError, match="no readings of its own"):
+        sign_batch_with_readings(_batch(1), [canonical_bytes(_reading(4.0))], KEY)
+
+
+@pytest.mark.parametrize(
+    ("created_ms", "gateway_id", "prev_hash"),
+    [
+        (1_000, "gw-1", GENESIS_HASH),
+        (1_795_000_000_000, "gw/1", GENESIS_HASH),
+        (1_795_000_000_000, "gw-1", "ab" * 32),  # batch 1 must chain to the genesis hash
+        (1_795_000_000_000, "gw-1", "AB" * 32),
+    ],
+)
+def test_a_batch_without_readings_is_validated_like_a_batch(
+    created_ms: int, gateway_id: str, prev_hash: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        batch_without_readings(batch_seq=1, created_ms=created_ms, gateway_id=gateway_id, prev_hash=prev_hash)
+    with pytest.raises(ValidationError) as expected:
+        Batch(
+            batch_seq=1, created_ms=created_ms, gateway_id=gateway_id, prev_hash=prev_hash,
+            readings=(_reading(4.0),), schema_version=1,
+        )  # fmt: skip
+
+    def errors(exc: ValidationError) -> list[tuple[object, ...]]:
+        return [(e["type"], e["loc"], e["msg"]) for e in exc.errors()]
+
+    assert errors(caught.value) == errors(expected.value)
+
+
+def test_a_batch_without_readings_keeps_its_markers() -> None:
+    marker = Marker(count=1, device_id="d-1", kind=MarkerKind.THINNED, seq_from=1, seq_to=1, t_from_ms=0,
+                    t_to_ms=0)  # fmt: skip
+    batch = batch_without_readings(
+        batch_seq=2, created_ms=1_795_000_000_000, gateway_id="gw-1", markers=[marker], prev_hash="ab" * 32
+    )
+    assert (batch.markers, batch.readings) == ((marker,), ())

@@ -57,9 +57,3 @@ def test_invalid_options_name_the_option() -> None:
     assert result.returncode == ExitCode.USAGE
     assert "--devices" in result.stderr
     assert "multiple of 8" in result.stderr
-
-
-def test_services_mode_says_it_is_not_built_yet() -> None:
-    result = _demo("--services")
-    assert result.returncode == ExitCode.UNAVAILABLE
-    assert "not built yet" in result.stderr

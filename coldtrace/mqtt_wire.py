@@ -1,5 +1,8 @@
 """MQTT 5.0 on the wire: reason codes, the primitives, properties (section numbers: OASIS MQTT 5.0).
 
+Shared by the demo's broker (``coldtrace.demo.broker``) and the agent's ingest client
+(``coldtrace.mqtt_native``).
+
 A packet that breaks the rules raises :class:`MalformedPacket` or :class:`ProtocolViolation`, which
 carry the reason code the broker disconnects with.
 """
