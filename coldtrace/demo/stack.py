@@ -26,7 +26,9 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import SecretStr
 from rich.console import Console
+from sqlalchemy import Engine, func, select
 
+from cloud_ingest.db.tables import telemetry_spool
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.publisher import MqttManifestPublisher
 from cloud_ingest.settings import CloudSettings, TelemetrySettings
@@ -433,9 +435,24 @@ async def _drive(
                     await asyncio.sleep(TELEMETRY_POLL_S)
             await _agents_caught_up(parts)
         except TimeoutError:
-            logger.warning("the telemetry server or the agents' reports did not catch up with the cloud")
+            logger.warning("the telemetry server or the agents' reports did not catch up with the cloud; %s",
+                           await asyncio.to_thread(_spool_state, parts.database.engine))  # fmt: skip
     parts.display.stop_bars()
     return fleet, expected
+
+
+def _spool_state(engine: Engine) -> str:
+    """What the cloud's telemetry spool still holds, for the log when telemetry did not settle."""
+    t = telemetry_spool.c
+    with engine.connect() as conn:
+        rows, points, attempts, due_ms = conn.execute(
+            select(func.count(), func.sum(t.points), func.max(t.attempts), func.min(t.next_attempt_ms))
+        ).one()
+        error = conn.execute(select(t.last_error).where(t.last_error.is_not(None)).limit(1)).scalar()
+    if not rows:
+        return "the spool is empty"
+    return (f"the spool holds {points} points in {rows} rows (most attempts {attempts}, next due in "
+            f"{(due_ms - wall_ms()) / 1000:.1f} s, last error: {error or 'none'})")  # fmt: skip
 
 
 async def _agents_caught_up(parts: _Parts) -> None:

@@ -76,6 +76,16 @@ def _read(workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return summary, truth
 
 
+def _log_warnings(workdir: Path) -> str:
+    """The demo log's warnings and errors: why a verdict failed, when the summary alone does not say."""
+    log = workdir / "demo.log"
+    if not log.exists():
+        return ""
+    text = log.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln]
+    return "\ndemo.log warnings:\n" + "\n".join(lines[-60:])
+
+
 def test_the_demo_holds_what_it_must_loses_nothing_and_finishes_in_time(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     began = time.monotonic()
@@ -84,7 +94,7 @@ def test_the_demo_holds_what_it_must_loses_nothing_and_finishes_in_time(tmp_path
         capture_output=True, text=True, timeout=240, check=False, env=ENV,
     )  # fmt: skip
     wall_s = time.monotonic() - began
-    assert result.returncode == ExitCode.OK, result.stdout[-3000:] + result.stderr
+    assert result.returncode == ExitCode.OK, result.stdout[-3000:] + result.stderr + _log_warnings(workdir)
     assert "Expected outcome met" in result.stdout
     summary, truth = _read(workdir)
     assert summary["ok"] is True
