@@ -6,25 +6,98 @@ every command shares onto the exit codes in :mod:`coldtrace.exitcodes`.
 
 from __future__ import annotations
 
+import importlib
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from certs.cli import app as certs_app
-from cloud_ingest.cli import app as cloud_app
+# typer vendors click (0.29+); its groups take and return these classes, not the click package's.
+from typer._click import Command, Context
+from typer.core import TyperCommand, TyperGroup
+
 from coldtrace import __version__
-from coldtrace.contract_cli import app as contract_app
 from coldtrace.exitcodes import ExitCode
 from coldtrace.logs import LogFormat, configure_logging
-from edge_agent.cli import app as agent_app
-from edge_agent.scoring.cli import app as model_app
-from firmware_sim.cli import app as sim_app
-from gateway.cli import app as gateway_app
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    module: str
+    """Where the group's Typer ``app`` lives."""
+    extra: str
+    """The install extra its dependencies come with."""
+    help: str
+
+
+#: The subcommand groups, imported only when used: ``coldtrace agent run`` then loads the agent's
+#: libraries and not the cloud's (SQLAlchemy, aiohttp, InfluxDB client: about 50 MB of resident memory),
+#: and a gateway installed with only the ``edge`` extra runs it.
+_GROUPS: dict[str, _Group] = {
+    "certs": _Group("certs.cli", "", "PKI: root and issuing CA, certificates, revocation, CRL."),
+    "contract": _Group(
+        "coldtrace.contract_cli", "", "The wire contract: JSON Schema, inspect and verify frames."
+    ),
+    "gateway": _Group(
+        "gateway.cli", "edge", "Gateway host: enrollment (key, CSR, certificate), install, status."
+    ),
+    "agent": _Group(
+        "edge_agent.cli", "edge", "Edge agent: ingest, normalise, bind, score, buffer, sign, forward."
+    ),
+    "model": _Group("edge_agent.scoring.cli", "edge", "Anomaly models: train, sign, verify."),
+    "cloud": _Group(
+        "cloud_ingest.cli", "cloud", "Cloud ingest: workers, API, gateway registration, API keys, migrations."
+    ),
+    "sim": _Group(
+        "firmware_sim.cli", "sim", "Fleet simulator: devices with physics, faults and named scenarios."
+    ),
+}
+
+
+class _LazyGroups(TyperGroup):
+    """The root command: :data:`_GROUPS` are imported when named (``--help`` imports them all)."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*_GROUPS, *super().list_commands(ctx)]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        group = _GROUPS.get(cmd_name)
+        if group is None:
+            return super().get_command(ctx, cmd_name)
+        try:
+            sub_app = importlib.import_module(group.module).app
+        except ImportError as exc:
+            return _not_installed(cmd_name, group, exc)
+        # Mounted as add_typer mounts it: a group even when it has one command (``agent run``).
+        mount = typer.Typer()
+        mount.add_typer(sub_app, name=cmd_name, help=group.help)
+        root = typer.main.get_command(mount)
+        assert isinstance(root, TyperGroup)  # noqa: S101 - a Typer with a sub-Typer is a group
+        return root.commands[cmd_name]
+
+
+def _not_installed(name: str, group: _Group, exc: ImportError) -> Command:
+    """A stand-in that says which extra to install (the package's dependencies are optional)."""
+
+    def refuse() -> None:
+        typer.secho(
+            f"coldtrace {name} needs the {group.extra or 'base'} dependencies ({exc}): "
+            f"pip install 'coldtrace[{group.extra or 'all'}]'",
+            err=True, fg=typer.colors.RED,
+        )  # fmt: skip
+        raise typer.Exit(ExitCode.UNAVAILABLE)
+
+    return TyperCommand(
+        name, callback=refuse, help=f"{group.help} (not installed: coldtrace[{group.extra}])",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )  # fmt: skip
+
 
 app = typer.Typer(
     name="coldtrace",
+    cls=_LazyGroups,
     help="Signed, durable edge-to-cloud telemetry for cold-chain logistics.",
     no_args_is_help=True,
     # Locals in a traceback could hold key material: never print them.
@@ -53,23 +126,6 @@ def _root(
 ) -> None:
     """Signed, durable edge-to-cloud telemetry for cold-chain logistics."""
     configure_logging(level=log_level, fmt=log_format)
-
-
-app.add_typer(certs_app, name="certs", help="PKI: root and issuing CA, certificates, revocation, CRL.")
-app.add_typer(
-    contract_app, name="contract", help="The wire contract: JSON Schema, inspect and verify frames."
-)
-app.add_typer(
-    gateway_app, name="gateway", help="Gateway host: enrollment (key, CSR, certificate), install, status."
-)
-app.add_typer(
-    agent_app, name="agent", help="Edge agent: ingest, normalise, bind, score, buffer, sign, forward."
-)
-app.add_typer(model_app, name="model", help="Anomaly models: train, sign, verify.")
-app.add_typer(
-    cloud_app, name="cloud", help="Cloud ingest: workers, API, gateway registration, API keys, migrations."
-)
-app.add_typer(sim_app, name="sim", help="Fleet simulator: devices with physics, faults and named scenarios.")
 
 
 @app.command()

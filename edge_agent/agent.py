@@ -62,6 +62,8 @@ from edge_agent.deadletter import DeadLetter, DeadLetters
 from edge_agent.metrics import AgentMetrics, serve
 from edge_agent.normalize import ClockPolicy, Normalized, Normalizer
 from edge_agent.outbox import Outbox, OutboxFull, PendingFrame, Priority
+from edge_agent.scoring.compiled import KernelUnavailable, compiled_kernel
+from edge_agent.scoring.features import jit_kernel
 from edge_agent.scoring.model import LoadedModel, ModelRejected, load_model
 from edge_agent.scoring.scorer import Scorer
 from edge_agent.settings import AgentSettings
@@ -137,6 +139,8 @@ class EdgeAgent:
         )
         self.normalizer = Normalizer(registry=self.registry, site_id=settings.site_id, policy=policy)
         self.scorer = Scorer(self._model())
+        self.feature_kernel: str | None = None
+        """How the feature loop runs (``compiled`` or ``jit``), once :meth:`run` has started."""
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-db")
         self._outbox: Outbox | None = None
         self._deadletters: DeadLetters | None = None
@@ -163,6 +167,26 @@ class EdgeAgent:
         logger.info("anomaly model %s loaded", model.model_ref)
         return model
 
+    async def _load_feature_kernel(self) -> None:
+        """Run the ahead-of-time feature loop when configured and available, else numba's JIT build."""
+        if self.settings.feature_kernel == "compiled":
+            directory = self.settings.kernel_path
+            try:
+                self.scorer.state.kernel = await compiled_kernel(
+                    directory, timeout_s=self.settings.kernel_build_timeout_s
+                )
+            except KernelUnavailable as exc:
+                logger.warning("compiled feature loop unavailable (%s); numba compiles it in-process", exc)
+            except OSError as exc:
+                logger.warning("compiled feature loop unavailable: %s in %s; numba compiles it in-process",
+                               exc, directory)  # fmt: skip
+            else:
+                self.feature_kernel = "compiled"
+                logger.info("feature loop: compiled ahead of time (%s)", directory)
+                return
+        self.scorer.state.kernel = jit_kernel()
+        self.feature_kernel = "jit"
+
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
 
@@ -177,6 +201,7 @@ class EdgeAgent:
     async def run(self) -> None:
         """Run until cancelled; close everything on the way out."""
         s = self.settings
+        await self._load_feature_kernel()
         self._outbox = await self._call(
             Outbox, s.outbox_path, gateway_id=s.gateway_id, budget_bytes=s.outbox_budget_bytes,
             synchronous=s.outbox_synchronous,
@@ -567,5 +592,6 @@ class EdgeAgent:
             "drain_eta_s": round(self._drain_eta_s, 1),
             "model": self.scorer.model_ref,
             "rules_only": self.scorer.rules_only,
+            "feature_kernel": self.feature_kernel,
             "manifest_version": self.registry.version,
         }

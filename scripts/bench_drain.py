@@ -102,7 +102,15 @@ async def drain(r: Rig, expected: int, *, timeout_s: float) -> dict[str, float]:
     try:
         async with asyncio.timeout(timeout_s):
             while received < expected:
-                message = await client.messages.get()
+                delivery = asyncio.ensure_future(client.messages.get())
+                # The sampler ends when the agent's process does: an agent that died is not waited for.
+                await asyncio.wait({delivery, sampler}, return_when=asyncio.FIRST_COMPLETED)
+                if not delivery.done():
+                    delivery.cancel()
+                    raise SystemExit(
+                        f"the agent exited ({proc.wait()}) after {received} of {expected}; log:\n{_tail(log)}"
+                    )
+                message = delivery.result()
                 batch = orjson.loads(message.payload[HEADER_BYTES:])["readings"]
                 if received == 0:  # the clock starts at the first delivery: start-up excluded
                     started, first = time.perf_counter(), len(batch)
@@ -228,7 +236,9 @@ def main() -> None:
         "signing and chaining batches of up to 500 and sending them QoS 1 to the cloud Mosquitto, where a "
         "subscriber counted every reading (each (device, seq) exactly once). The clock runs from the first "
         "delivery to the last. Resident memory (VmRSS) was sampled every 250 ms from the agent's start to "
-        "the last delivery. Baseline, same run and core: a bare publisher sending as many frames of the same "
+        "the last delivery; the agent ran as installed (`coldtrace agent run`, the feature loop compiled "
+        "ahead of time, so neither numba nor the cloud's libraries are in its process). Baseline, same run "
+        "and core: a bare publisher sending as many frames of the same "
         f"mean size ({agent['frame_bytes'] / 1000:.0f} kB) from memory, QoS 1, {WINDOW} in flight (the "
         "agent's uplink window), counted by the same subscriber.",
         "",

@@ -73,6 +73,19 @@ def _logging_restored() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Agents the tests start (in process or as children) share one ahead-of-time feature loop.
+
+    Each agent would otherwise build it into its own fresh state directory (about 10 s of CPU each).
+    """
+    kernels = tmp_path_factory.mktemp("kernels")
+    kernels.chmod(0o700)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("COLDTRACE_AGENT_KERNEL_DIR", str(kernels))
+        yield
+
+
 @pytest.fixture(scope="session")
 def enrolled_gateway(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> EnrolledGateway:
     """Gateway ``gw-0`` enrolled offline against the session PKI (keys made locally, CSR signed)."""

@@ -37,6 +37,7 @@ def agent_settings(
         fallback_after_s=FALLBACK_AFTER_SIM_S / speed,
         reconnect_initial_s=0.2,
         reconnect_max_s=1.0,
+        feature_kernel="jit",  # each run has a fresh state directory: no ahead-of-time build per run
     )
 
 

@@ -37,14 +37,18 @@ valid samples before this one):
 
 A statistic that needs more history than the device has is 0: the deltas need 1 previous sample,
 z-scores, medians and the trend 2, the line 3.
+
+The loop itself is :func:`edge_agent.scoring.kernels.update`. :class:`FeatureState` runs whichever
+build of it it is given: the agent's ahead-of-time module (:mod:`edge_agent.scoring.compiled`, no numba
+in the process), or by default numba's JIT build in this process (:func:`jit_kernel`). Both are
+compiled by numba from the same source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 
 #: Window sizes, in previous valid samples.
@@ -79,6 +83,8 @@ N_FEATURES = len(FEATURE_NAMES)
 COLUMN: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 #: Bumped whenever a feature's definition changes while its name stays; part of a model's feature spec.
 FEATURE_VERSION = 1
+#: Per-slot integer state columns (:attr:`FeatureState.istate`).
+STATE_HEAD, STATE_COUNT, STATE_RUN_LEN, STATE_RUN_T = range(4)
 
 
 def feature_spec() -> dict[str, object]:
@@ -93,167 +99,21 @@ def feature_spec() -> dict[str, object]:
     }
 
 
-# Column indices as module constants, which numba freezes into the compiled loop.
-_DELTA = COLUMN["delta_k"]
-_RATE = COLUMN["rate_k_per_s"]
-_Z8 = COLUMN["z8"]
-_Z32 = COLUMN["z32"]
-_MED8 = COLUMN["dev_med8_k"]
-_RESID = COLUMN["resid32_k"]
-_SLOPE = COLUMN["slope32_k_per_h"]
-_TREND = COLUMN["trend8_k_per_h"]
-_STUCK = COLUMN["stuck_run"]
-_STUCK_TREND = COLUMN["stuck_trend_k"]
-_DT = COLUMN["dt_s"]
-_NPREV = COLUMN["n_prev"]
-_MISSING = COLUMN["missing"]
-# Per-slot integer state columns.
-_HEAD, _COUNT, _RUN_LEN, _RUN_T = range(4)
-_MS_PER_H = 3.6e6
+#: ``update(slots, t_ms, temperature, ring_v, ring_t, istate, run_trend, out)``: one build of the loop.
+UpdateKernel = Callable[
+    [
+        NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.int64],
+        NDArray[np.int64], NDArray[np.float64], NDArray[np.float32],
+    ],
+    None,
+]  # fmt: skip
 
 
-@njit(cache=True)
-def _median(values: NDArray[np.float64], n: int) -> float:
-    """Median of ``values[:n]``, sorting them in place (insertion sort: n <= 8)."""
-    for k in range(1, n):
-        v = values[k]
-        j = k
-        while j > 0 and values[j - 1] > v:
-            values[j] = values[j - 1]
-            j -= 1
-        values[j] = v
-    if n % 2 == 1:
-        return float(values[n // 2])
-    return float(0.5 * (values[n // 2 - 1] + values[n // 2]))
+def jit_kernel() -> UpdateKernel:
+    """The loop as numba's JIT builds it in this process (loads numba; numba caches the machine code)."""
+    from edge_agent.scoring.kernels import update  # noqa: PLC0415 - numba is loaded only when asked for
 
-
-@njit(cache=True)
-def _mean_std(ring_v: NDArray[np.float64], s: int, head: int, n: int) -> tuple[float, float]:
-    """Mean and population std of slot ``s``'s ``n`` most recent values."""
-    total = 0.0
-    for k in range(n):
-        total += ring_v[s, (head - 1 - k) % LONG_WINDOW]
-    mean = total / n
-    acc = 0.0
-    for k in range(n):
-        d = ring_v[s, (head - 1 - k) % LONG_WINDOW] - mean
-        acc += d * d
-    return mean, np.sqrt(acc / n)
-
-
-@njit(cache=True)
-def _line(  # noqa: PLR0917 - numba helpers take positional arguments
-    ring_v: NDArray[np.float64], ring_t: NDArray[np.int64], s: int, head: int, n: int, t: int, x: float
-) -> tuple[float, float]:
-    """Least-squares slope (K/h) of the last ``n`` values on time, and ``x``'s residual from that line.
-
-    Times are hours relative to the newest sample, so epoch milliseconds never meet float rounding.
-    """
-    t_ref = ring_t[s, (head - 1) % LONG_WINDOW]
-    st = 0.0
-    sv = 0.0
-    for k in range(n):
-        idx = (head - 1 - k) % LONG_WINDOW
-        st += (ring_t[s, idx] - t_ref) / _MS_PER_H
-        sv += ring_v[s, idx]
-    mt = st / n
-    mv = sv / n
-    stt = 0.0
-    stv = 0.0
-    for k in range(n):
-        idx = (head - 1 - k) % LONG_WINDOW
-        d = (ring_t[s, idx] - t_ref) / _MS_PER_H - mt
-        stt += d * d
-        stv += d * (ring_v[s, idx] - mv)
-    if stt <= 0.0:
-        return 0.0, 0.0
-    slope = stv / stt
-    return slope, x - (mv + slope * ((t - t_ref) / _MS_PER_H - mt))
-
-
-@njit(cache=True)
-def _trend(  # noqa: PLR0917 - numba helpers take positional arguments
-    ring_v: NDArray[np.float64],
-    ring_t: NDArray[np.int64],
-    s: int,
-    head: int,
-    n: int,
-    scratch: NDArray[np.float64],
-) -> float:
-    """Median of the last (up to 8) sample-to-sample rates, K/h."""
-    m = min(n - 1, SHORT_WINDOW)
-    for k in range(m):
-        newer = (head - 1 - k) % LONG_WINDOW
-        older = (head - 2 - k) % LONG_WINDOW
-        dt_h = max((ring_t[s, newer] - ring_t[s, older]) / _MS_PER_H, MIN_DT_S / 3600.0)
-        scratch[k] = (ring_v[s, newer] - ring_v[s, older]) / dt_h
-    return _median(scratch, m)
-
-
-@njit(cache=True)
-def _update(  # noqa: PLR0917 - numba helpers take positional arguments
-    slots: NDArray[np.int64],
-    t_ms: NDArray[np.int64],
-    temperature: NDArray[np.float64],
-    ring_v: NDArray[np.float64],
-    ring_t: NDArray[np.int64],
-    istate: NDArray[np.int64],
-    run_trend: NDArray[np.float64],
-    out: NDArray[np.float32],
-) -> None:
-    """Features of each row from its slot's state, then the row joins that state (rows in order)."""
-    scratch = np.empty(SHORT_WINDOW, dtype=np.float64)
-    for i in range(slots.shape[0]):
-        s = slots[i]
-        x = temperature[i]
-        t = t_ms[i]
-        out[i, :] = 0.0
-        if not np.isfinite(x):
-            out[i, _MISSING] = 1.0
-            continue
-        head = istate[s, _HEAD]
-        n = istate[s, _COUNT]
-        repeat = False
-        trend = 0.0
-        if n > 0:
-            newest = (head - 1) % LONG_WINDOW
-            delta = x - ring_v[s, newest]
-            dt_s = (t - ring_t[s, newest]) / 1000.0
-            repeat = abs(delta) <= STUCK_EPS_K
-            out[i, _DELTA] = delta
-            out[i, _RATE] = delta / max(dt_s, MIN_DT_S)
-            out[i, _DT] = dt_s
-            out[i, _NPREV] = n
-            if repeat:
-                out[i, _STUCK] = istate[s, _RUN_LEN]
-                out[i, _STUCK_TREND] = abs(run_trend[s]) * max(t - istate[s, _RUN_T], 0) / _MS_PER_H
-        if n >= 2:
-            n8 = min(n, SHORT_WINDOW)
-            mean8, std8 = _mean_std(ring_v, s, head, n8)
-            out[i, _Z8] = (x - mean8) / max(std8, STD_FLOOR_K)
-            mean32, std32 = _mean_std(ring_v, s, head, n)
-            out[i, _Z32] = (x - mean32) / max(std32, STD_FLOOR_K)
-            for k in range(n8):
-                scratch[k] = ring_v[s, (head - 1 - k) % LONG_WINDOW]
-            out[i, _MED8] = x - _median(scratch, n8)
-            trend = _trend(ring_v, ring_t, s, head, n, scratch)
-            out[i, _TREND] = trend
-        if n >= 3:
-            slope, resid = _line(ring_v, ring_t, s, head, n, t, x)
-            out[i, _SLOPE] = slope
-            out[i, _RESID] = resid
-        # Only now, after its own features, does the row join the state.
-        if repeat:
-            istate[s, _RUN_LEN] += 1
-        else:
-            # A new run of equal values starts here: remember the trend that led into it.
-            istate[s, _RUN_LEN] = 1
-            istate[s, _RUN_T] = t
-            run_trend[s] = trend
-        ring_v[s, head] = x
-        ring_t[s, head] = t
-        istate[s, _HEAD] = (head + 1) % LONG_WINDOW
-        istate[s, _COUNT] = min(n + 1, LONG_WINDOW)
+    return update
 
 
 class DeviceSlots:
@@ -286,7 +146,9 @@ class FeatureState:
     Not thread-safe: one owner calls :meth:`update_and_features` at a time.
     """
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, *, kernel: UpdateKernel | None = None) -> None:
+        self.kernel = kernel
+        """The build of the loop to run; None: :func:`jit_kernel`, on first use."""
         capacity = max(1, capacity)
         self.ring_v = np.zeros((capacity, LONG_WINDOW), dtype=np.float64)
         self.ring_t = np.zeros((capacity, LONG_WINDOW), dtype=np.int64)
@@ -310,7 +172,7 @@ class FeatureState:
 
     def history(self, slot: int) -> int:
         """Valid samples the slot holds (0..32)."""
-        return int(self.istate[slot, _COUNT]) if 0 <= slot < self.capacity else 0
+        return int(self.istate[slot, STATE_COUNT]) if 0 <= slot < self.capacity else 0
 
     def reset(self, slot: int) -> None:
         """Forget a slot's history (e.g. the device was re-installed elsewhere)."""
@@ -341,5 +203,7 @@ class FeatureState:
         if int(slots64.min()) < 0:
             raise ValueError("slots must be >= 0")
         self.ensure(int(slots64.max()) + 1)
-        _update(slots64, t64, temp64, self.ring_v, self.ring_t, self.istate, self.run_trend, out)
+        if self.kernel is None:
+            self.kernel = jit_kernel()
+        self.kernel(slots64, t64, temp64, self.ring_v, self.ring_t, self.istate, self.run_trend, out)
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -10,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
-from coldtrace import __version__
+from coldtrace import __version__, cli
 from coldtrace.cli import app
 from coldtrace.contract import GENESIS_HASH, Batch, ClockQuality, Reading, SourceFormat, sign_batch
 from coldtrace.exitcodes import ExitCode
@@ -62,6 +64,39 @@ def test_help_everywhere(argv: list[str]) -> None:
     result = runner.invoke(app, [*argv, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def test_the_agent_command_loads_none_of_the_clouds_libraries() -> None:
+    # Its own process: this one has imported everything already.
+    program = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from coldtrace.cli import app\n"
+        "assert CliRunner().invoke(app, ['agent', 'run', '--help']).exit_code == 0\n"
+        "cloud = ('sqlalchemy', 'aiohttp', 'influxdb_client', 'fastapi', 'numba')\n"
+        "print(sorted(m for m in cloud if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("group", ["agent", "cloud", "gateway"])
+def test_a_group_with_one_command_or_many_takes_its_subcommand(group: str, tmp_path: Path) -> None:
+    command = {"agent": "run", "cloud": "worker", "gateway": "status"}[group]
+    result = runner.invoke(app, [group, command, "--config", str(tmp_path / "missing.toml")])
+    assert result.exit_code not in {0, ExitCode.USAGE}, result.output  # reached the command itself
+    assert "missing.toml" in result.output
+
+
+def test_a_group_whose_extra_is_not_installed_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cli._GROUPS, "cloud", cli._Group("no_such_module.cli", "cloud", "Cloud ingest."))
+    result = runner.invoke(app, ["cloud", "worker"])
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert "pip install 'coldtrace[cloud]'" in result.output
+    assert "no_such_module" in result.output
+    listing = runner.invoke(app, ["--help"])
+    assert listing.exit_code == 0
+    assert "not installed" in listing.output
 
 
 def test_unknown_command_is_a_usage_error() -> None:

@@ -68,6 +68,8 @@ ROGUE = "gw-rogue"
 #: The rejects every drill provokes on purpose once the stack has settled, by reason.
 ROGUE_REJECTS = Counter({"bad_signature": 1, "unknown_key": 1})
 SETTLE_S = 120.0
+#: How often an agent refreshes the outbox figures its /health reports (edge_agent.agent housekeeping).
+AGENT_REFRESH_S = 1.0
 #: How long a drill's fault may go on after the fleet has finished publishing.
 FAULTS_AFTER_FLEET_S = 90.0
 START_S = 60.0
@@ -286,17 +288,28 @@ class Stack:
         exactly what is missing.
         """
         sent = len(truth.sent())
+        steady: dict[str, Any] = {}
 
         def done() -> bool:
             procs: list[AgentProcess | WorkerProcess] = [*self.agents.values(), *self.workers]
             for proc in procs:
                 if not proc.alive:
                     raise RuntimeError(f"a process died before the stack settled:\n{self.logs()}")
-            return (
+            if not (
                 all(a.drained() for a in self.agents.values())
                 and accounted(self.engine, self.gateways) >= sent
                 and spool_rows(self.engine) == 0
-            )
+            ):
+                steady.clear()
+                return False
+            # The agents refresh what /health reports once a second, so a drained outbox there may
+            # predate the last batch: only a state that held for longer than that is current.
+            heads = {g: a.health()["outbox"].get("head_hash") for g, a in self.agents.items()}
+            now = time.monotonic()
+            if steady.get("heads") != heads:
+                steady.update(heads=heads, since=now)
+                return False
+            return bool(now - steady["since"] > AGENT_REFRESH_S + 0.5)
 
         try:
             await poll(done, within_s=SETTLE_S, what=f"{sent} readings accounted for")

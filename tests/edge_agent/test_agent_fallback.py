@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -135,11 +136,38 @@ def test_breach_while_cloud_is_down_raises_one_local_alert(
     assert health["local_fallback"] is True
     assert health["uplink_connected"] is False
     assert health["manifest_version"] == 4
+    assert health["feature_kernel"] == "compiled"
     # Received while the uplink was down, each waits in the outbox flagged as backfill.
     with sqlite3.connect(settings.outbox_path) as db:
         bodies = [orjson.loads(body) for (body,) in db.execute("SELECT body FROM reading ORDER BY seq")]
     assert [b["seq"] for b in bodies] == [0, 1, 2]
     assert all("backfill" in b["flags"] for b in bodies)
+
+
+def test_a_feature_loop_that_cannot_be_loaded_falls_back_to_numbas_jit_and_says_why(
+    tmp_path: Path, pki: Pki, identity: Identity, gateway_broker: Mosquitto, cloud_broker: Mosquitto,
+    enrolled_gateway: EnrolledGateway, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    settings = _fallback_settings(
+        tmp_path,
+        pki,
+        identity,
+        gateway_broker,
+        cloud_broker,
+        enrolled_gateway,
+        cloud_url="mqtts://127.0.0.1:1",
+    )
+    shared = tmp_path / "world-writable"
+    shared.mkdir()
+    shared.chmod(0o777)
+    agent = EdgeAgent(settings.model_copy(update={"kernel_dir": shared}))
+    asyncio.run(agent._load_feature_kernel())
+    assert agent.health()["feature_kernel"] == "jit"
+    assert "not private to this user" in caplog.text
+    assert "numba compiles it in-process" in caplog.text
+    state = agent.scorer.state
+    rows = state.update_and_features(np.array([0, 0]), np.array([0, 60_000]), np.array([4.0, 5.0]))
+    assert rows[1, 0] == 1.0  # delta_k: the JIT build runs
 
 
 def test_readings_held_offline_reach_the_cloud_with_their_local_alert_once_the_link_is_back(
