@@ -440,10 +440,13 @@ class EdgeAgent:
                 # No new batch while the link is down: waiting readings stay thinnable, and once the
                 # link is back live readings go before the backlog (formed frames are immutable).
                 linked = client.connected.is_set()
-                if linked and len(in_flight) < s.uplink_window and await self._batch_due():
-                    # A backlog is formed several frames to a transaction: one sync to disk for all.
-                    backlog = self._unbatched > s.batch_max_readings
-                    count = min(s.uplink_window - len(in_flight), FRAMES_PER_COMMIT) if backlog else 1
+                room = s.uplink_window - len(in_flight)
+                # A backlog is formed several frames to a transaction, one sync to disk for all: it
+                # waits for room for that many rather than forming one frame per acknowledgement.
+                backlog = self._unbatched > s.batch_max_readings
+                wanted = min(FRAMES_PER_COMMIT, s.uplink_window) if backlog else 1
+                if linked and room >= wanted and await self._batch_due():
+                    count = min(room, FRAMES_PER_COMMIT) if backlog else 1
                     formed, self._unbatched = await self._call(self._form_batches, count)
                     if formed:
                         for frame in formed:
@@ -469,6 +472,7 @@ class EdgeAgent:
         return formed, self.outbox.waiting
 
     async def _settle(self, in_flight: dict[int, asyncio.Future[Any]], counts: dict[int, int]) -> None:
+        delivered: list[int] = []
         for seq in sorted(in_flight):
             future = in_flight[seq]
             if not future.done():
@@ -481,7 +485,11 @@ class EdgeAgent:
                 logger.error("batch %s not delivered by the cloud broker: %s", seq, error or future.result())
                 await asyncio.sleep(self.settings.reconnect_initial_s)
                 continue
-            await self._call(self.outbox.acknowledge, seq)
+            delivered.append(seq)
+        if not delivered:
+            return
+        await self._call(self.outbox.acknowledge, *delivered)
+        for seq in delivered:
             sent = counts.pop(seq, 0)
             self.metrics.batches_sent.inc()
             self.metrics.readings_sent.inc(sent)

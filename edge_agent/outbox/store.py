@@ -343,23 +343,28 @@ class Outbox:
             self._connection()
             return [self._frames[seq][0] for seq in sorted(self._frames)]
 
-    def acknowledge(self, batch_seq: int) -> None:
-        """The cloud broker PUBACKed ``batch_seq``: forget its frame (the chain head stays).
+    def acknowledge(self, *batch_seqs: int) -> None:
+        """The cloud broker PUBACKed ``batch_seqs``: forget their frames (the chain head stays).
 
-        Acknowledging a batch twice is harmless; one never formed raises ``UnknownBatch``.
+        Several at once cost one transaction. Acknowledging a batch twice is harmless; one never
+        formed raises ``UnknownBatch`` (and nothing is forgotten).
         """
         with self._lock:
-            if batch_seq not in self._frames:
-                self._connection()
-                if 1 <= batch_seq < self._next_seq:
-                    logger.debug("batch %d acknowledged again", batch_seq)
-                    return
-                raise UnknownBatch(batch_seq, path=self._path)
+            known = [seq for seq in batch_seqs if seq in self._frames]
+            for seq in batch_seqs:
+                if seq not in self._frames:
+                    self._connection()
+                    if not 1 <= seq < self._next_seq:
+                        raise UnknownBatch(seq, path=self._path)
+                    logger.debug("batch %d acknowledged again", seq)
+            if not known:
+                return
             # Not waited for: an acknowledgement lost in a power cut only resends the frame, which
             # the cloud recognises as a duplicate; the next batch formed makes it durable.
-            with self._writing("acknowledging a batch", durable=False) as conn:
-                conn.execute("DELETE FROM frame WHERE batch_seq = ?", (batch_seq,))
-            del self._frames[batch_seq]
+            with self._writing("acknowledging batches", durable=False) as conn:
+                conn.executemany("DELETE FROM frame WHERE batch_seq = ?", [(seq,) for seq in known])
+            for seq in known:
+                del self._frames[seq]
 
     # -- disk budget ------------------------------------------------------------------------------
     def enforce_budget(self) -> int:

@@ -114,6 +114,22 @@ def test_restart_resends_pending_frames_byte_identical(path: Path, key: Ed25519P
     assert stats.frames_pending == 3
 
 
+def test_several_batches_are_acknowledged_at_once_or_none_if_one_was_never_formed(
+    path: Path, key: Ed25519PrivateKey
+) -> None:
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        box.append(rows("dev-a", range(40)))
+        drain(box, key=key, max_readings=10)
+        with pytest.raises(UnknownBatch):
+            box.acknowledge(2, 9)
+        assert [f.batch_seq for f in box.pending_frames()] == [1, 2, 3, 4]  # nothing forgotten
+        box.acknowledge(1, 3)
+        box.acknowledge(3, 2)  # 3 again: harmless
+        assert [f.batch_seq for f in box.pending_frames()] == [4]
+    with Outbox(path, gateway_id=GATEWAY, budget_bytes=BIG) as box:
+        assert [f.batch_seq for f in box.pending_frames()] == [4]  # the acknowledgements were stored
+
+
 def test_the_same_readings_twice_are_stored_once(outbox: Outbox, key: Ed25519PrivateKey) -> None:
     batch = rows("dev-a", range(10)) + rows("dev-b", range(3))
     assert outbox.append(batch) == 13
