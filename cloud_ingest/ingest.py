@@ -21,6 +21,7 @@ import enum
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -577,16 +578,21 @@ class Ingestor:
         """The transaction's points, as one spool row: readings, thinning markers, one per batch."""
         parts: list[str] = []
         points = 0
+        # A series holds one point per timestamp: one gateway's batches stored together are stamped
+        # 1 ms apart, or each would overwrite the one before (a drain stores up to a group of them).
+        stamped: Counter[str] = Counter()
         for v, new in zip(accepted, new_of, strict=True):
             batch = v.batch
             site = batch.readings[0].site_id if batch.readings else None
+            offset = stamped[batch.gateway_id]
+            stamped[batch.gateway_id] += 1
             parts += [
                 reading_lines(new, gateway_id=batch.gateway_id, profile_of=self._profile_cached),
                 marker_lines(batch.markers, gateway_id=batch.gateway_id, site_id=site),
                 batch_line(
                     gateway_id=batch.gateway_id, site_id=site, batch_seq=batch.batch_seq,
                     readings=len(batch.readings), markers=len(batch.markers),
-                    lag_ms=max(0, received_ms - batch.created_ms), received_ms=received_ms,
+                    lag_ms=max(0, received_ms - batch.created_ms), received_ms=received_ms + offset,
                 ),
             ]  # fmt: skip
             points += len(new) + len(batch.markers) + 1

@@ -44,7 +44,8 @@ ingest_batch   field  batch_seq       i
 ingest_batch   field  readings        i, readings in the batch
 ingest_batch   field  markers         i, gap markers in the batch
 ingest_batch   field  lag_ms          i, as the caller measures it (receive minus creation time)
-ingest_batch   time                   ``received_ms``
+ingest_batch   time                   ``received_ms``; +1 ms for each earlier batch of the same gateway
+                                      stored in the same transaction (a series keeps one point per time)
 =============  =====  ==============  ===========================================================
 
 Tags are written sorted by key (InfluxDB sorts a series key's tags anyway; sorted input saves it the

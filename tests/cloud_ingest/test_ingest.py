@@ -231,6 +231,27 @@ def test_a_reading_two_gateways_heard_in_one_group_is_new_only_in_the_first(
     assert count_rows(engine, telemetry_spool) == 1  # one spool row per transaction
 
 
+def test_each_batch_of_a_group_keeps_its_own_telemetry_point(
+    engine: Engine, ingestor: Ingestor, gw: GatewaySim
+) -> None:
+    other = GatewaySim(gateway_id="gw-2", site_id="site-2")
+    other.register(engine)
+    frames = [("gw-1", gw.frame([reading("dev-1", n, T0 + n * 1000, 4.0)])) for n in (1, 2, 3)]
+    frames.append(("gw-2", other.frame([reading("dev-2", 1, T0, 4.0)])))
+    assert {r.outcome for r in _many(ingestor, frames)} == {Outcome.ACCEPTED}
+    with engine.connect() as conn:
+        lines = conn.execute(select(telemetry_spool.c.lines)).scalar_one().splitlines()
+    stamps = {
+        (line.split(",", 2)[1], int(line.rsplit(" ", 1)[1]))
+        for line in lines
+        if line.startswith("ingest_batch,")
+    }
+    # Three batches of gw-1 in one transaction: three distinct (series, time) points, none overwritten.
+    assert len(stamps) == 4
+    gw1 = sorted(t for g, t in stamps if g == "gateway=gw-1")
+    assert gw1 == [gw1[0], gw1[0] + 1, gw1[0] + 2]
+
+
 def test_every_reject_reason_is_exported_from_the_start_so_its_first_reject_shows_as_a_rate() -> None:
     registry = CloudMetrics().registry
     for reason in IngestReject:
