@@ -8,7 +8,8 @@ Runtime (needs only numpy, numba and onnxruntime)::
     # result.scores in [0, 1]; result.model_ref goes into Reading.model; result.rules_only means
     # Flag.RULES_ONLY
 
-- :mod:`.features`: per-device rolling features (numba), from previous samples only;
+- :mod:`.features`: per-device rolling features, from previous samples only; the loop itself is
+  :mod:`.kernels` (numba), run from an ahead-of-time build (:mod:`.compiled`) or numba's JIT;
 - :mod:`.model`: signed model packages (``<name>.onnx`` + ``.json`` manifest + ``.sig``), verification
   and loading into onnxruntime (one thread);
 - :mod:`.rules`: the documented rules-only score (no model, or a reading without a temperature);
