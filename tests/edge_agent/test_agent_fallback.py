@@ -96,11 +96,13 @@ def _fallback_settings(
     return settings
 
 
-def test_breach_while_cloud_is_down_raises_one_local_alert(
+@pytest.fixture
+def offline_settings(
     tmp_path: Path, pki: Pki, identity: Identity, gateway_broker: Mosquitto, cloud_broker: Mosquitto,
     enrolled_gateway: EnrolledGateway,
-) -> None:  # fmt: skip
-    settings = _fallback_settings(
+) -> AgentSettings:  # fmt: skip
+    """The fallback agent with an uplink that nothing answers (port 1)."""
+    return _fallback_settings(
         tmp_path,
         pki,
         identity,
@@ -109,6 +111,12 @@ def test_breach_while_cloud_is_down_raises_one_local_alert(
         enrolled_gateway,
         cloud_url="mqtts://127.0.0.1:1",
     )
+
+
+def test_breach_while_cloud_is_down_raises_one_local_alert(
+    offline_settings: AgentSettings, pki: Pki, identity: Identity, gateway_broker: Mosquitto
+) -> None:
+    settings = offline_settings
     agent = EdgeAgent(settings)
 
     async def scenario() -> tuple[dict[str, object], str, dict[str, object]]:
@@ -145,22 +153,12 @@ def test_breach_while_cloud_is_down_raises_one_local_alert(
 
 
 def test_a_feature_loop_that_cannot_be_loaded_falls_back_to_numbas_jit_and_says_why(
-    tmp_path: Path, pki: Pki, identity: Identity, gateway_broker: Mosquitto, cloud_broker: Mosquitto,
-    enrolled_gateway: EnrolledGateway, caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
-    settings = _fallback_settings(
-        tmp_path,
-        pki,
-        identity,
-        gateway_broker,
-        cloud_broker,
-        enrolled_gateway,
-        cloud_url="mqtts://127.0.0.1:1",
-    )
+    offline_settings: AgentSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     shared = tmp_path / "world-writable"
     shared.mkdir()
     shared.chmod(0o777)
-    agent = EdgeAgent(settings.model_copy(update={"kernel_dir": shared}))
+    agent = EdgeAgent(offline_settings.model_copy(update={"kernel_dir": shared}))
     asyncio.run(agent._load_feature_kernel())
     assert agent.health()["feature_kernel"] == "jit"
     assert "not private to this user" in caplog.text
