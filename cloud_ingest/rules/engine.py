@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from sqlalchemy import Connection, and_, bindparam, func, select
+from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, func, select
 
 from cloud_ingest import alerts as alert_ops
 from cloud_ingest.alerts import AlertSpec, Severity, dedupe_key
@@ -125,7 +125,7 @@ class RuleEngine:
         states: dict[str, dict[RuleId, RunState]] = {
             d: {rule: RunState() for rule in THRESHOLD_RULES} for d in device_ids
         }
-        rows = conn.execute(_LOAD_STATES, {"device_ids": device_ids})
+        rows = conn.execute(_LOAD_STATES[conn.dialect.name], {"device_ids": device_ids})
         for row in rows:
             states[row.device_id][RuleId(row.rule_id)] = RunState(
                 last_t_ms=row.last_t_ms, start_ms=row.run_start_ms, last_ms=row.run_last_ms,
@@ -425,11 +425,17 @@ _ADD_MKT = BulkUpsert(
     mkt_buckets, names=("subject", "hour_ms", "sum_exp", "n"), keys=("subject", "hour_ms"),
     update=lambda ex: {"sum_exp": mkt_buckets.c.sum_exp + ex.sum_exp, "n": mkt_buckets.c.n + ex.n},
 )  # fmt: skip
-_LOAD_STATES = (
-    select(rule_state)
+_LOAD_STATES = {
+    # PostgreSQL takes the devices as one array parameter: the statement's text is then the same for
+    # any number of devices, and psycopg parses it once. An expanded IN list is new text for every
+    # group size, parsed again each time: 11 % of a busy worker's CPU with 2,000 devices (py-spy).
+    "postgresql": select(rule_state)
+    .where(rule_state.c.device_id == any_(bindparam("device_ids", type_=ARRAY(String))))
+    .with_for_update(),
+    "sqlite": select(rule_state)
     .where(rule_state.c.device_id.in_(bindparam("device_ids", expanding=True)))
-    .with_for_update()
-)
+    .with_for_update(),
+}
 _NEWEST_MKT = (
     select(mkt_buckets.c.subject, func.max(mkt_buckets.c.hour_ms).label("newest"))
     .where(mkt_buckets.c.subject.in_(bindparam("subjects", expanding=True)))
