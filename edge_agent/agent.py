@@ -175,11 +175,9 @@ class EdgeAgent:
                 self.scorer.state.kernel = await compiled_kernel(
                     directory, timeout_s=self.settings.kernel_build_timeout_s
                 )
-            except KernelUnavailable as exc:
-                logger.warning("compiled feature loop unavailable (%s); numba compiles it in-process", exc)
-            except OSError as exc:
-                logger.warning("compiled feature loop unavailable: %s in %s; numba compiles it in-process",
-                               exc, directory)  # fmt: skip
+            except (KernelUnavailable, OSError) as exc:
+                logger.warning("compiled feature loop unavailable in %s (%s); numba compiles it in-process",
+                               directory, exc)  # fmt: skip
             else:
                 self.feature_kernel = "compiled"
                 logger.info("feature loop: compiled ahead of time (%s)", directory)

@@ -234,12 +234,12 @@ class Outbox:
             next_seq, head, taken = self._next_seq, self._head, 0
             with self._writing("forming batches") as conn:
                 while True:
-                    pending, oldest = self._form_one(
+                    pending, digest, oldest = self._form_one(
                         conn, signer=signer, markers=markers, rows=rows, now_ms=now_ms, batch_seq=next_seq,
                         prev_hash=head, seen=seen,
                     )  # fmt: skip
                     formed.append((pending, oldest))
-                    next_seq, head = next_seq + 1, frame_hash(pending.frame)
+                    next_seq, head = next_seq + 1, digest
                     taken += len(rows)
                     if len(formed) == count:
                         break
@@ -259,8 +259,10 @@ class Outbox:
     def _form_one(
         self, conn: sqlite3.Connection, *, signer: Ed25519PrivateKey, markers: list[tuple[int, MarkerRun]],
         rows: list[Row], now_ms: int, batch_seq: int, prev_hash: str, seen: dict[str, SeqRanges],
-    ) -> tuple[PendingFrame, int | None]:  # fmt: skip
+    ) -> tuple[PendingFrame, str, int | None]:  # fmt: skip
         """Sign the batch of ``markers`` and ``rows`` and write it, inside the caller's transaction.
+
+        Returns the frame, its hash (the next batch's ``prev_hash``) and its oldest order key.
 
         ``seen`` is updated with the devices' new records (the caller keeps it until the commit).
         """
@@ -296,7 +298,7 @@ class Outbox:
             len(markers),
             len(frame),
         )
-        return PendingFrame(batch_seq, frame, len(rows)), oldest
+        return PendingFrame(batch_seq, frame, len(rows)), digest, oldest
 
     def _choose(
         self, max_readings: int, now_ms: int, live_after_ms: int | None, *, batch_seq: int, prev_hash: str,
