@@ -41,7 +41,7 @@ DEVICES = 200
 CHUNK = 20_000
 RSS_EVERY_S = 0.25
 #: Frames the bare publisher keeps in flight: the agent's default uplink window.
-WINDOW = 16
+WINDOW: int = AgentSettings.model_fields["uplink_window"].default
 MODEL = "iforest-v1@0123456789abcdef"
 
 

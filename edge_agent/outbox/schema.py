@@ -141,6 +141,10 @@ def _configure(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        # Debian builds SQLite with secure_delete on: every sent reading and acknowledged frame was
+        # overwritten with zeros and the freed pages written out again, a fifth of a drain's I/O.
+        # FAST still zeroes deleted content on pages that are written anyway.
+        conn.execute("PRAGMA secure_delete = FAST")
     except sqlite3.Error as exc:
         raise translate(exc, path=path, action="opening the database") from exc
 

@@ -29,7 +29,6 @@ from edge_agent.outbox.batching import Row
 from edge_agent.outbox.errors import OutboxError, UnknownBatch, translate
 from edge_agent.outbox.models import OutboxStats, PendingFrame, Priority
 from edge_agent.outbox.schema import Synchronous, open_database
-from edge_agent.outbox.seen import SeqRanges
 from edge_agent.outbox.thinning import MarkerRun
 
 logger = logging.getLogger(__name__)
@@ -230,13 +229,13 @@ class Outbox:
             if not markers and not rows:
                 return []
             formed: list[tuple[PendingFrame, int | None]] = []
-            seen = dict(self._seen)  # this call's records, swapped in once it commits
+            removed: dict[str, list[int]] = {}  # per device, the seqs this call's frames carry
             next_seq, head, taken = self._next_seq, self._head, 0
             with self._writing("forming batches") as conn:
                 while True:
                     pending, digest, oldest = self._form_one(
                         conn, signer=signer, markers=markers, rows=rows, now_ms=now_ms, batch_seq=next_seq,
-                        prev_hash=head, seen=seen,
+                        prev_hash=head, removed=removed,
                     )  # fmt: skip
                     formed.append((pending, oldest))
                     next_seq, head = next_seq + 1, digest
@@ -249,7 +248,9 @@ class Outbox:
                     )  # fmt: skip
                     if (not markers and not rows) or codec.damaged(rows):
                         break
-            self._seen = seen
+                # Once for all the frames: a device's record changes once per transaction, not per frame.
+                seen = tables.absorb(conn, self._seen, removed)
+            self._seen.update(seen)
             for pending, oldest in formed:
                 self._frames[pending.batch_seq] = (pending, oldest)
             self._pending -= taken
@@ -258,13 +259,12 @@ class Outbox:
 
     def _form_one(
         self, conn: sqlite3.Connection, *, signer: Ed25519PrivateKey, markers: list[tuple[int, MarkerRun]],
-        rows: list[Row], now_ms: int, batch_seq: int, prev_hash: str, seen: dict[str, SeqRanges],
+        rows: list[Row], now_ms: int, batch_seq: int, prev_hash: str, removed: dict[str, list[int]],
     ) -> tuple[PendingFrame, str, int | None]:  # fmt: skip
         """Sign the batch of ``markers`` and ``rows`` and write it, inside the caller's transaction.
 
-        Returns the frame, its hash (the next batch's ``prev_hash``) and its oldest order key.
-
-        ``seen`` is updated with the devices' new records (the caller keeps it until the commit).
+        Returns the frame, its hash (the next batch's ``prev_hash``) and its oldest order key. The
+        rows' seqs are added to ``removed``, per device, for the caller to record in ``seen``.
         """
         # The stored bodies are canonical readings, validated when appended and checked by the
         # caller: they go into the signed body as they are, without a decode and re-encode.
@@ -278,12 +278,10 @@ class Outbox:
         frame = sign_batch_with_readings(batch, [row.body for row in rows], signer, limits=self._limits)
         digest = frame_hash(frame)
         oldest = min((row.okey for row in rows), default=None)
-        removed: dict[str, list[int]] = {}
         for row in rows:
             removed.setdefault(row.device_id, []).append(row.seq)
         tables.delete_readings(conn, [row.id for row in rows])
         tables.delete_markers(conn, [marker_id for marker_id, _ in markers])
-        seen.update(tables.absorb(conn, seen, removed))
         conn.execute(
             "INSERT INTO frame (batch_seq, frame, hash, reading_count, oldest_okey) VALUES (?, ?, ?, ?, ?)",
             (batch_seq, frame, digest, len(rows), oldest),
