@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from coldtrace.contract.canonical import canonical_bytes, decode_model
+from coldtrace.contract.canonical import canonical_bytes, check_plain, decode_model, plain
 from coldtrace.contract.errors import ContractError, FieldError, RejectCode
 from coldtrace.contract.limits import (
     DEFAULT_LIMITS,
@@ -36,10 +36,13 @@ from coldtrace.contract.limits import (
     Limits,
 )
 from coldtrace.contract.reading import (
+    ClockQuality,
     DeviceTimeMs,
+    Flag,
     Identifier,
     Reading,
     Sequence64,
+    SourceFormat,
     _field_error,
 )
 
@@ -66,6 +69,7 @@ class MarkerKind(enum.StrEnum):
     MISSING = "missing"  #: the gateway saw a sequence gap it could not fill
 
 
+@plain
 class Marker(BaseModel):
     """A run of one device's readings, by sequence and time, that was not forwarded."""
 
@@ -90,6 +94,7 @@ class Marker(BaseModel):
         return self
 
 
+@plain
 class Batch(BaseModel):
     """The body of a signed batch. Fields in alphabetical (canonical) order."""
 
@@ -297,3 +302,25 @@ def verify_frame(
         ) from exc
     batch = decode_body(parts.body, limits=limits)
     return SignedBatch(batch=batch, key_id=parts.key_id, frame_hash=frame_hash(frame), frame=frame)
+
+
+def _probe() -> Batch:
+    """A batch whose reading sets every field (floats of awkward spellings) and which has a marker."""
+    reading = Reading(
+        anomaly_score=0.1234567890123, battery_v=3.6, bound=True, clock=ClockQuality.SKEWED,
+        device_id="probe-1", flags=(Flag.BACKFILL, Flag.GLITCH), humidity_pct=1e-7, lat=-33.8688,
+        lon=151.20929, lot_ids=("A-1", "B.2"), manifest_version=MAX_SAFE_INT, model="m@0123456789abcdef",
+        seq=0, shipment_id="S_1", shock_g=499.99999999999994, site_id="w",
+        source_format=SourceFormat.VENDOR_B_BINARY, t_device_ms=0, t_gateway_ms=4_102_444_799_999,
+        temperature_c=-0.0,
+    )  # fmt: skip
+    marker = Marker(
+        count=1, device_id="probe-1", kind=MarkerKind.THINNED, seq_from=3, seq_to=4, t_from_ms=0, t_to_ms=1
+    )
+    return Batch(
+        batch_seq=1, created_ms=4_102_444_799_999, gateway_id="g", markers=(marker,), prev_hash=GENESIS_HASH,
+        readings=(reading,), schema_version=1,
+    )  # fmt: skip
+
+
+check_plain(_probe())

@@ -8,6 +8,7 @@ re-encodes to the very same bytes, so each value has exactly one valid encoding.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar
 
 import orjson
@@ -16,12 +17,59 @@ from pydantic_core import ErrorDetails
 
 from coldtrace.contract.errors import ContractError, FieldError, RejectCode, field_path
 
+logger = logging.getLogger(__name__)
+
 M = TypeVar("M", bound=BaseModel)
+B = TypeVar("B", bound=type[BaseModel])
+
+#: Models whose canonical bytes are their field values as stored (see :func:`plain`).
+_PLAIN: set[type[BaseModel]] = set()
+
+
+def plain(cls: B) -> B:
+    """Mark a model class whose fields orjson can write as they are stored.
+
+    For such a class (no aliases, serialisers or computed fields; values of JSON types, string enums,
+    tuples and other plain models) the stored field dict, written with sorted keys, is exactly what
+    :func:`reference_bytes` writes, without building the JSON-mode dict first: eight to ten times
+    faster, which the edge's ingest and the cloud's canonical check both pay per reading.
+    :func:`check_plain` confirms the equality on probes at import; a property test on arbitrary batches.
+    """
+    _PLAIN.add(cls)
+    return cls
+
+
+def _fields(value: object) -> dict[str, Any]:
+    if type(value) in _PLAIN:
+        return value.__dict__
+    raise TypeError(f"{type(value).__name__} is not a plain contract model")
+
+
+def reference_bytes(model: BaseModel) -> bytes:
+    """The canonical encoding by its definition: the JSON-mode dump, keys sorted."""
+    return orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
 
 def canonical_bytes(model: BaseModel) -> bytes:
     """The canonical JSON encoding of a contract model."""
-    return orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    if type(model) in _PLAIN:
+        try:
+            return orjson.dumps(model.__dict__, default=_fields, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            pass  # a value only an unvalidated model can hold: the reference converts it or raises
+    return reference_bytes(model)
+
+
+def check_plain(*probes: BaseModel) -> None:
+    """Stop using the direct path if it disagrees with the reference on any probe (then log why)."""
+    for probe in probes:
+        if canonical_bytes(probe) != reference_bytes(probe):
+            logger.warning(
+                "the direct canonical encoder disagrees with the reference on a %s; using the reference",
+                type(probe).__name__,
+            )
+            _PLAIN.clear()
+            return
 
 
 def _field_error(detail: ErrorDetails) -> FieldError:

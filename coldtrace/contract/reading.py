@@ -12,6 +12,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
+from coldtrace.contract.canonical import plain
 from coldtrace.contract.limits import (
     DEVICE_TS_MIN_MS,
     GATEWAY_TS_MIN_MS,
@@ -67,6 +68,7 @@ def _field_error(field: str, reason: str) -> PydanticCustomError:
     return PydanticCustomError("cross_field", "{field}: {reason}", {"field": field, "reason": reason})
 
 
+@plain
 class Reading(BaseModel):
     """One sensor sample in SI units, as the edge agent forwards it.
 

@@ -6,10 +6,21 @@ import random
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, field_serializer
 
-from coldtrace.contract import Batch, ContractError, Reading, RejectCode, canonical_bytes, decode_model
+from coldtrace.contract import (
+    Batch,
+    ContractError,
+    Reading,
+    RejectCode,
+    canonical,
+    canonical_bytes,
+    decode_model,
+)
+from coldtrace.contract.batch import _probe
+from coldtrace.contract.canonical import _PLAIN, check_plain, reference_bytes
 from tests.coldtrace.contract.strategies import batches, readings
 
 
@@ -19,6 +30,23 @@ def test_reading_round_trips(reading: Reading) -> None:
     decoded = decode_model(Reading, data)
     assert decoded == reading
     assert canonical_bytes(decoded) == data
+
+
+@settings(max_examples=300)
+@given(batches())
+def test_the_direct_encoder_writes_exactly_the_reference_bytes(batch: Batch) -> None:
+    assert {Batch, Reading} <= _PLAIN, "the import-time probe found a disagreement"
+    assert canonical_bytes(batch) == reference_bytes(batch)
+    for reading in batch.readings:
+        assert canonical_bytes(reading) == reference_bytes(reading)
+
+
+def test_an_unvalidated_value_takes_the_reference_path() -> None:
+    # model_construct skips validation: orjson cannot write a set, so the reference converts it.
+    fields = {**_probe().readings[0].__dict__, "lot_ids": {"a"}}
+    odd = Reading.model_construct(**fields)
+    with pytest.warns(UserWarning, match="serialized value may not be as expected"):
+        assert canonical_bytes(odd) == canonical_bytes(Reading(**{**fields, "lot_ids": ("a",)}))
 
 
 @given(batches())
@@ -84,3 +112,18 @@ def test_repeated_key_is_refused() -> None:
     with pytest.raises(ContractError) as caught:
         decode_model(Reading, data)
     assert caught.value.code is RejectCode.NON_CANONICAL
+
+
+def test_a_disagreeing_probe_turns_the_direct_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Doubled(BaseModel):  # a serialiser changes the dump, not the stored dict
+        value: int
+
+        @field_serializer("value")
+        def _twice(self, value: int) -> int:
+            return 2 * value
+
+    marked = {Doubled}
+    monkeypatch.setattr(canonical, "_PLAIN", marked)
+    check_plain(Doubled(value=1))
+    assert marked == set()
+    assert canonical_bytes(Doubled(value=1)) == b'{"value":2}'
