@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     case,
     delete,
     insert,
@@ -57,7 +58,7 @@ from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.rules.engine import RuleEngine, RuleOutcome, subject_key
 from cloud_ingest.rules.runs import Sample
 from cloud_ingest.settings import CloudSettings
-from cloud_ingest.telemetry.lineproto import batch_line, marker_lines, reading_lines
+from cloud_ingest.telemetry.lineproto import PrefixKey, batch_line, marker_lines, reading_lines
 from cloud_ingest.verify import IngestReject, KeyRing, Rejected, Verified, verify
 from coldtrace.clock import wall_ms
 from coldtrace.contract import Reading
@@ -66,6 +67,10 @@ from coldtrace.contract.limits import Limits
 from coldtrace.profiles import ProfileName
 
 logger = logging.getLogger(__name__)
+
+#: Line-protocol tag prefixes a worker keeps (one per device, shipment and profile it hears; a few
+#: hundred bytes each, so 25 MB at most): cleared when exceeded.
+LINE_PREFIXES_MAX = 50_000
 
 
 class Outcome(enum.StrEnum):
@@ -180,14 +185,26 @@ class _Chain:
             totals = per_gateway.setdefault(v.batch.gateway_id, [0, 0])
             totals[0] += 1
             totals[1] += new
-        for gw, (frames, new) in per_gateway.items():
-            conn.execute(
-                update(gateways).where(gateways.c.gateway_id == gw).values(
-                    last_seen_ms=received_ms, head_seq=self.head_seq[gw], head_hash=self.head_hash[gw],
-                    batches_accepted=gateways.c.batches_accepted + frames,
-                    readings_accepted=gateways.c.readings_accepted + new,
-                )
-            )  # fmt: skip
+        # One executemany: psycopg pipelines it, one round trip for all the group's gateways.
+        conn.execute(
+            _SAVE_HEAD,
+            [
+                {"gw": gw, "seen": received_ms, "seq": self.head_seq[gw], "hash": self.head_hash[gw],
+                 "frames": frames, "new": new}
+                for gw, (frames, new) in per_gateway.items()
+            ],
+        )  # fmt: skip
+
+
+_SAVE_HEAD = (
+    update(gateways)
+    .where(gateways.c.gateway_id == bindparam("gw"))
+    .values(
+        last_seen_ms=bindparam("seen"), head_seq=bindparam("seq"), head_hash=bindparam("hash"),
+        batches_accepted=gateways.c.batches_accepted + bindparam("frames"),
+        readings_accepted=gateways.c.readings_accepted + bindparam("new"),
+    )
+)  # fmt: skip
 
 
 # PostgreSQL: the batch's readings in one statement (see insert_from_json), new keys returned.
@@ -236,6 +253,7 @@ class Ingestor:
         self.limits = Limits(max_batch_bytes=settings.max_batch_bytes)
         self._clock = clock
         self._profiles: dict[str, ProfileName] = {}
+        self._line_prefixes: dict[PrefixKey, str] = {}
 
     def now_ms(self) -> int:
         """The ingestor's clock (UTC milliseconds)."""
@@ -578,6 +596,8 @@ class Ingestor:
         """The transaction's points, as one spool row: readings, thinning markers, one per batch."""
         parts: list[str] = []
         points = 0
+        if len(self._line_prefixes) > LINE_PREFIXES_MAX:
+            self._line_prefixes.clear()  # a bound, not an eviction policy: rebuilt at the next batches
         # A series holds one point per timestamp: one gateway's batches stored together are stamped
         # 1 ms apart, or each would overwrite the one before (a drain stores up to a group of them).
         stamped: Counter[str] = Counter()
@@ -587,7 +607,8 @@ class Ingestor:
             offset = stamped[batch.gateway_id]
             stamped[batch.gateway_id] += 1
             parts += [
-                reading_lines(new, gateway_id=batch.gateway_id, profile_of=self._profile_cached),
+                reading_lines(new, gateway_id=batch.gateway_id, profile_of=self._profile_cached,
+                              prefixes=self._line_prefixes),
                 marker_lines(batch.markers, gateway_id=batch.gateway_id, site_id=site),
                 batch_line(
                     gateway_id=batch.gateway_id, site_id=site, batch_seq=batch.batch_seq,

@@ -132,18 +132,30 @@ def _reading_prefix(
     return ",".join(parts)
 
 
+#: A reading line's tag set: (gateway, site, device, shipment, lots, clock, profile).
+PrefixKey = tuple[str, str, str, str | None, tuple[str, ...], ClockQuality, str | None]
+
+
 def reading_lines(
-    readings: Iterable[Reading], *, gateway_id: str, profile_of: ProfileOf | None = None
+    readings: Iterable[Reading],
+    *,
+    gateway_id: str,
+    profile_of: ProfileOf | None = None,
+    prefixes: dict[PrefixKey, str] | None = None,
 ) -> str:
     """Line protocol for ``readings`` of gateway ``gateway_id``: one ``reading`` line each, "\\n"-joined.
 
     ``profile_of`` names a reading's temperature profile (the ``profile`` tag), None for no tag. The
     schema is in this module's docstring. Raises ValueError for a tag value that cannot be written
     (see :func:`escape_tag`); contract-valid readings never produce one.
+
+    ``prefixes`` caches each tag set's escaped prefix; pass the same dict to every call (and bound
+    its size) so a fleet's few thousand tag sets are escaped once, not once per batch.
     """
     gateway_tag = escape_tag(gateway_id)
     # A batch holds many readings of few devices: the tag prefix is built once per distinct tag set.
-    prefixes: dict[tuple[str, str, str | None, tuple[str, ...], ClockQuality, str | None], str] = {}
+    if prefixes is None:
+        prefixes = {}
     unset = ClockQuality.UNSET
     glitch_flag = Flag.GLITCH
     backfill_flag = Flag.BACKFILL
@@ -152,7 +164,7 @@ def reading_lines(
     for r in readings:
         profile = None if profile_of is None else profile_of(r)
         clock = r.clock
-        key = (r.site_id, r.device_id, r.shipment_id, r.lot_ids, clock, profile)
+        key = (gateway_id, r.site_id, r.device_id, r.shipment_id, r.lot_ids, clock, profile)
         prefix = prefixes.get(key)
         if prefix is None:
             prefix = prefixes[key] = _reading_prefix(

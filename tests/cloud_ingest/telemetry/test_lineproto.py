@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_ingest.telemetry import batch_line, escape_tag, marker_lines, reading_lines
+from cloud_ingest.telemetry.lineproto import PrefixKey
 from coldtrace.contract import ClockQuality, Flag, Marker, MarkerKind, Reading, SourceFormat
 from tests.coldtrace.contract.strategies import identifiers, markers, readings
 from tests.harness.influxdb1 import InfluxDB1
@@ -153,6 +154,21 @@ def _reading(**overrides: Any) -> Reading:
 
 
 # -- properties -----------------------------------------------------------------------------------
+
+
+@given(
+    st.lists(readings(), max_size=12), st.lists(identifiers, min_size=1, max_size=3), st.none() | identifiers
+)
+def test_a_shared_prefix_cache_writes_what_a_fresh_one_does(
+    batch: list[Reading], gateways: list[str], profile: str | None
+) -> None:
+    profile_of = profile_by_seq(profile)
+    cache: dict[PrefixKey, str] = {}
+    for _ in range(2):  # the second round is served from the cache
+        for gateway in gateways:
+            assert reading_lines(batch, gateway_id=gateway, profile_of=profile_of, prefixes=cache) == (
+                reading_lines(batch, gateway_id=gateway, profile_of=profile_of)
+            )
 
 
 @given(st.lists(readings(), max_size=12), identifiers, st.none() | identifiers)
