@@ -79,9 +79,10 @@ INGEST_CHUNK = 512
 #: stored and the next ones arriving. Bounds memory when a backlog waits on the broker.
 INGEST_RECEIVE_MAXIMUM = 4 * INGEST_CHUNK
 #: Frames formed in one outbox transaction while a backlog drains (within the uplink window). Each
-#: transaction also rewrites every draining device's index pages and sent-record, so fewer, larger
-#: ones drain faster (8 -> 16: about a fifth more readings/s over a 1M backlog, BENCHMARKS.md).
-FRAMES_PER_COMMIT = 16
+#: transaction also rewrites every draining device's index pages and sent-record, so larger ones
+#: drain faster (BENCHMARKS.md, agent-drain); but formed frames cannot be thinned, and a link that
+#: fails silently is only noticed after the keepalive, so the window (twice this) is kept small.
+FRAMES_PER_COMMIT = 8
 #: The shipped default anomaly model and the public key it is signed with.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL_KEY = DEFAULT_MODEL_DIR / "dev-signing-key.pub.pem"

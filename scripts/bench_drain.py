@@ -32,6 +32,7 @@ from certs.pki import Role  # noqa: E402
 from coldtrace.contract import ClockQuality, Reading, SourceFormat  # noqa: E402
 from coldtrace.contract.batch import HEADER_BYTES  # noqa: E402
 from coldtrace.mqtt import BrokerUrl, MqttClient  # noqa: E402
+from edge_agent.agent import FRAMES_PER_COMMIT  # noqa: E402
 from edge_agent.outbox import Outbox, Priority  # noqa: E402
 from edge_agent.settings import AgentSettings  # noqa: E402
 from scripts.bench_agent import Rig, _spawn, _tail, _tls, batch_subscriber, rig  # noqa: E402
@@ -233,7 +234,8 @@ def main() -> None:
         f"readings of the last hour, bound and scored; {fill_s:.0f} s to write, {size / 1e6:.0f} MB on disk "
         "with its WAL), "
         "then the agent started pinned to one core (`taskset -c 1`) with backfill pacing off, forming, "
-        "signing and chaining batches of up to 500 (8 to a transaction) and sending them QoS 1 to the cloud "
+        f"signing and chaining batches of up to 500 ({FRAMES_PER_COMMIT} to a transaction) and sending them "
+        "QoS 1 to the cloud "
         "Mosquitto, where a "
         "subscriber counted every reading (each (device, seq) exactly once). The clock runs from the first "
         "delivery to the last. Resident memory (VmRSS) was sampled every 250 ms from the agent's start to "
