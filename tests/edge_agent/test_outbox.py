@@ -373,6 +373,12 @@ def test_nothing_waiting_forms_nothing(outbox: Outbox, key: Ed25519PrivateKey) -
     assert waiting(outbox) == []
 
 
+def test_deleted_rows_are_zeroed_only_on_pages_written_anyway(outbox: Outbox) -> None:
+    # Debian's SQLite defaults to secure_delete = 1, which rewrote every freed page during a drain.
+    assert outbox._conn is not None
+    assert outbox._conn.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
+
+
 def test_an_acknowledgement_is_committed_without_a_sync_and_the_next_batch_with_one(
     path: Path, key: Ed25519PrivateKey
 ) -> None:
@@ -415,6 +421,14 @@ def test_batches_formed_together_are_the_batches_formed_one_by_one(
         with Outbox(tmp_path / f"{how}.db", gateway_id=GATEWAY, budget_bytes=BIG) as box:  # and on disk
             assert [f.frame for f in box.pending_frames()] == frames[how]
             assert box.stats().head_hash == frame_hash(frames[how][-1])
+            # The sent-record is written once per transaction: still one interval per device, and
+            # what the frames carry is not stored again.
+            assert box._conn is not None
+            assert box._conn.execute("SELECT * FROM seen ORDER BY device_id").fetchall() == [
+                ("dev-a", 0, 39),
+                ("dev-b", 0, 24),
+            ]
+            assert box.append(appended) == 0
     assert len(frames["together"]) == 7  # 65 readings by 10; the second call stopped when none waited
     assert frames["together"] == frames["one by one"]  # byte for byte: Ed25519 signatures are deterministic
     verify_chain(frames["together"], key=key)
