@@ -78,11 +78,12 @@ INGEST_CHUNK = 512
 #: Unacknowledged device messages the broker may send the agent (MQTT 5 Receive Maximum): a chunk being
 #: stored and the next ones arriving. Bounds memory when a backlog waits on the broker.
 INGEST_RECEIVE_MAXIMUM = 4 * INGEST_CHUNK
-#: Frames formed in one outbox transaction while a backlog drains (within the uplink window). Each
+#: Frames formed in one outbox transaction while a backlog drains (at most the uplink window). Each
 #: transaction also rewrites every draining device's index pages and sent-record, so larger ones
-#: drain faster (BENCHMARKS.md, agent-drain); but formed frames cannot be thinned, and a link that
-#: fails silently is only noticed after the keepalive, so the window (twice this) is kept small.
-FRAMES_PER_COMMIT = 8
+#: drain faster: 16 instead of 8, with the whole window of 16 waited for, drained 11 % more readings/s
+#: (BENCHMARKS.md, agent-drain). The window itself is not raised: formed frames cannot be thinned,
+#: and a link that fails silently is noticed only after the keepalive.
+FRAMES_PER_COMMIT = 16
 #: The shipped default anomaly model and the public key it is signed with.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL_KEY = DEFAULT_MODEL_DIR / "dev-signing-key.pub.pem"
