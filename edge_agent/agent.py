@@ -78,11 +78,12 @@ INGEST_CHUNK = 512
 #: Unacknowledged device messages the broker may send the agent (MQTT 5 Receive Maximum): a chunk being
 #: stored and the next ones arriving. Bounds memory when a backlog waits on the broker.
 INGEST_RECEIVE_MAXIMUM = 4 * INGEST_CHUNK
-#: Frames formed in one outbox transaction while a backlog drains (at most the uplink window). Each
-#: transaction also rewrites every draining device's index pages and sent-record, so larger ones
-#: drain faster: 16 instead of 8, with the whole window of 16 waited for, drained 11 % more readings/s
-#: (BENCHMARKS.md, agent-drain). The window itself is not raised: formed frames cannot be thinned,
-#: and a link that fails silently is noticed only after the keepalive.
+#: Frames formed in one outbox transaction while a backlog drains (a group). Each transaction also
+#: rewrites every draining device's index pages and sent-record, so larger ones drain faster: 16
+#: instead of 8 drained 11 % more readings/s (BENCHMARKS.md, agent-drain). The next group is formed
+#: while the window is in flight, but only one, and only once the link has acknowledged a frame since
+#: the last group was formed: formed frames cannot be thinned, and a link that fails silently is
+#: noticed only after the keepalive, so what it can freeze stays bounded (window + one group).
 FRAMES_PER_COMMIT = 16
 #: The shipped default anomaly model and the public key it is signed with.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models"
@@ -157,6 +158,8 @@ class EdgeAgent:
         self._cloud_down_since: float | None = time.monotonic()
         self._alerted: set[str] = set()
         self._sent_rate = 0.0
+        # Whether the cloud broker acknowledged a frame since the last group was formed.
+        self._acked_since_formed = True
         self._drain_eta_s = 0.0
         self._stats: dict[str, Any] = {}
 
@@ -435,23 +438,30 @@ class EdgeAgent:
             while True:
                 self._track_cloud(client)
                 # Formed but unacknowledged frames first (after a restart: byte-identical resends).
+                unsent = 0
                 for pending in await self._call(self.outbox.pending_frames):
-                    if pending.batch_seq not in in_flight and len(in_flight) < s.uplink_window:
-                        send(pending)
+                    if pending.batch_seq not in in_flight:
+                        if len(in_flight) < s.uplink_window:
+                            send(pending)
+                        else:
+                            unsent += 1
                 # No new batch while the link is down: waiting readings stay thinnable, and once the
                 # link is back live readings go before the backlog (formed frames are immutable).
                 linked = client.connected.is_set()
                 room = s.uplink_window - len(in_flight)
-                # A backlog is formed several frames to a transaction, one sync to disk for all: it
-                # waits for room for that many rather than forming one frame per acknowledgement.
+                # A backlog is formed a group of frames to a transaction, one sync to disk for all: it
+                # waits for room for a group rather than forming one frame per acknowledgement, or
+                # forms the next group ahead while the window is in flight (see FRAMES_PER_COMMIT).
                 backlog = self._unbatched > s.batch_max_readings
-                wanted = min(FRAMES_PER_COMMIT, s.uplink_window) if backlog else 1
-                if linked and room >= wanted and await self._batch_due():
-                    count = min(room, FRAMES_PER_COMMIT) if backlog else 1
-                    formed, self._unbatched = await self._call(self._form_batches, count)
+                group = min(FRAMES_PER_COMMIT, s.uplink_window) if backlog else 1
+                ahead = backlog and not unsent and self._acked_since_formed
+                if linked and (room >= group or ahead) and await self._batch_due():
+                    formed, self._unbatched = await self._call(self._form_batches, group)
                     if formed:
+                        self._acked_since_formed = False
                         for frame in formed:
-                            send(frame)
+                            if len(in_flight) < s.uplink_window:
+                                send(frame)
                         await self._pace(sum(frame.reading_count for frame in formed))
                         continue
                 if not in_flight:
@@ -489,6 +499,7 @@ class EdgeAgent:
             delivered.append(seq)
         if not delivered:
             return
+        self._acked_since_formed = True
         await self._call(self.outbox.acknowledge, *delivered)
         for seq in delivered:
             sent = counts.pop(seq, 0)

@@ -43,10 +43,11 @@ class AgentSettings(TomlSettings):
     batch_max_readings: Annotated[int, Field(ge=1, le=MAX_READINGS_PER_BATCH)] = 500
     batch_max_age_ms: Annotated[int, Field(ge=1)] = 250
     uplink_window: Annotated[int, Field(ge=1, le=256)] = 16
-    """Signed batches in flight to the cloud broker at once; a draining backlog forms several of them
-    per outbox transaction (``FRAMES_PER_COMMIT`` in ``edge_agent.agent``). Formed batches cannot be
-    thinned: a larger window, when the link fails silently, freezes more readings beyond the reach
-    of the disk budget's thinning until the keepalive notices."""
+    """Signed batches in flight to the cloud broker at once. A draining backlog forms a group of them
+    per outbox transaction (``FRAMES_PER_COMMIT`` in ``edge_agent.agent``) and may form one group
+    ahead while the window is in flight. Formed batches cannot be thinned: a larger window, when the
+    link fails silently, freezes more readings beyond the reach of the disk budget's thinning until
+    the keepalive notices (at most the window plus one group)."""
     backfill_rate_per_s: Annotated[int, Field(ge=1)] = 20_000
     """Readings per second while draining a backlog, so a reconnecting fleet does not stampede."""
     live_window_ms: Annotated[int, Field(ge=0)] = 60_000

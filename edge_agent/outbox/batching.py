@@ -26,11 +26,19 @@ class Row(NamedTuple):
     okey: int
     device_id: str
     seq: int
-    id: int
     priority: int
     t_device_ms: int
     crc: int
     body: bytes
+
+
+class Span(NamedTuple):
+    """``readings`` chosen rows of one priority: every waiting reading from ``first`` to ``last``."""
+
+    priority: int
+    first: Row
+    last: Row
+    readings: int
 
 
 class Query(NamedTuple):
@@ -81,6 +89,22 @@ def select(streams: Sequence[Sequence[Iterable[Row]]], *, max_readings: int, byt
             used += cost
     chosen.sort()
     return chosen
+
+
+def spans(rows: Sequence[Row], live_after_ms: int | None) -> list[Span]:
+    """The chosen ``rows`` (in send order) as key ranges, one per query of ``plan`` they came from.
+
+    A batch takes a prefix of each query's rows (see :func:`select`), so each range holds exactly
+    the chosen rows of its query and nothing else: the store removes it with one range delete.
+    """
+    if live_after_ms is None and len({row.priority for row in rows}) == 1:
+        return [Span(rows[0].priority, rows[0], rows[-1], len(rows))]  # a backlog's usual batch
+    groups: dict[tuple[int, bool], list[Row]] = {}
+    for row in rows:
+        # The plan's queries split each priority at live_after_ms (excursions are never split).
+        live = live_after_ms is not None and row.priority != Priority.EXCURSION and row.okey >= live_after_ms
+        groups.setdefault((row.priority, live), []).append(row)
+    return [Span(priority, group[0], group[-1], len(group)) for (priority, _), group in groups.items()]
 
 
 def _merged(sources: Sequence[Iterable[Row]]) -> Iterator[Row]:

@@ -235,7 +235,7 @@ class Outbox:
                 while True:
                     pending, digest, oldest = self._form_one(
                         conn, signer=signer, markers=markers, rows=rows, now_ms=now_ms, batch_seq=next_seq,
-                        prev_hash=head, removed=removed,
+                        prev_hash=head, live_after_ms=live_after_ms, removed=removed,
                     )  # fmt: skip
                     formed.append((pending, oldest))
                     next_seq, head = next_seq + 1, digest
@@ -259,7 +259,8 @@ class Outbox:
 
     def _form_one(
         self, conn: sqlite3.Connection, *, signer: Ed25519PrivateKey, markers: list[tuple[int, MarkerRun]],
-        rows: list[Row], now_ms: int, batch_seq: int, prev_hash: str, removed: dict[str, list[int]],
+        rows: list[Row], now_ms: int, batch_seq: int, prev_hash: str, live_after_ms: int | None,
+        removed: dict[str, list[int]],
     ) -> tuple[PendingFrame, str, int | None]:  # fmt: skip
         """Sign the batch of ``markers`` and ``rows`` and write it, inside the caller's transaction.
 
@@ -280,7 +281,15 @@ class Outbox:
         oldest = min((row.okey for row in rows), default=None)
         for row in rows:
             removed.setdefault(row.device_id, []).append(row.seq)
-        tables.delete_readings(conn, [row.id for row in rows])
+        for span in batching.spans(rows, live_after_ms):
+            if (deleted := tables.delete_span(conn, span)) != span.readings:
+                # Cannot happen while a batch takes a prefix of each query (batching.select); the
+                # transaction is rolled back, so nothing is lost.
+                raise OutboxError(
+                    f"outbox {self._path}: internal error: batch {batch_seq} would remove {deleted} "
+                    f"readings for the {span.readings} it carries; nothing was changed, please report this",
+                    path=self._path,
+                )
         tables.delete_markers(conn, [marker_id for marker_id, _ in markers])
         conn.execute(
             "INSERT INTO frame (batch_seq, frame, hash, reading_count, oldest_okey) VALUES (?, ?, ?, ?, ?)",
@@ -411,13 +420,14 @@ class Outbox:
         removed: dict[str, list[int]] = {}
         for v in victims:
             removed.setdefault(v.device_id, []).append(v.seq)
+        position = {candidate: i for i, candidate in enumerate(window)}
         with self._writing("thinning readings") as conn:
-            tables.delete_readings(conn, [v.id for v in victims])
+            tables.delete_readings(conn, [(v.device_id, v.seq) for v in victims])
             for run in thinning.runs_of(victims, MarkerKind.THINNED):
                 tables.record_marker(conn, run)
             seen = tables.absorb(conn, self._seen, removed)
             conn.execute("UPDATE meta SET thinned_total = thinned_total + ? WHERE id = 1", (len(victims),))
-            tables.pack(conn, sorted(v.id for v in victims), self._path)
+            tables.pack(conn, priority, window, sorted(position[v] for v in victims), self._path)
         self._seen.update(seen)
         self._pending -= len(victims)
         self._thinned_total += len(victims)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from coldtrace.contract import MarkerKind, Reading, canonical_bytes, frame_hash
 from edge_agent.outbox import batching, codec, thinning
-from edge_agent.outbox.batching import Row
+from edge_agent.outbox.batching import Row, Span
 from edge_agent.outbox.errors import OutboxCorrupt, corrupt_message
 from edge_agent.outbox.models import PendingFrame, Priority
 from edge_agent.outbox.seen import SeqRanges, cap, gaps_touching, runs, union
@@ -37,8 +37,11 @@ INSERT_READING = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_ROWS = (
-    "SELECT okey, device_id, seq, id, priority, t_device_ms, crc, body FROM reading"
+    "SELECT okey, device_id, seq, priority, t_device_ms, crc, body FROM reading"
     " WHERE priority = ? AND okey >= ? AND okey < ? ORDER BY okey, device_id, seq LIMIT ?"
+)
+_DELETE_RANGE = (
+    "DELETE FROM reading WHERE priority = ? AND (okey, device_id, seq) BETWEEN (?, ?, ?) AND (?, ?, ?)"
 )
 _SELECT_MARKERS = "SELECT id, kind, device_id, seq_from, seq_to, count, t_from_ms, t_to_ms FROM marker"
 _INSERT_MARKER = (
@@ -146,9 +149,17 @@ def choose_rows(
                 cursor.close()
 
 
-def delete_readings(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
-    """Remove readings by physical id."""
-    conn.executemany("DELETE FROM reading WHERE id = ?", [(i,) for i in ids])
+def delete_span(conn: sqlite3.Connection, span: Span) -> int:
+    """Remove every waiting reading of ``span`` (one range of the table); the number removed."""
+    lo, hi = span.first, span.last
+    return conn.execute(
+        _DELETE_RANGE, (span.priority, lo.okey, lo.device_id, lo.seq, hi.okey, hi.device_id, hi.seq)
+    ).rowcount
+
+
+def delete_readings(conn: sqlite3.Connection, keys: Sequence[tuple[str, int]]) -> None:
+    """Remove readings by (device_id, seq)."""
+    conn.executemany("DELETE FROM reading WHERE device_id = ? AND seq = ?", keys)
 
 
 def quarantine(conn: sqlite3.Connection, damaged: Sequence[tuple[Row, str]]) -> None:
@@ -157,7 +168,7 @@ def quarantine(conn: sqlite3.Connection, damaged: Sequence[tuple[Row, str]]) -> 
         "INSERT INTO quarantine (device_id, seq, priority, body, reason) VALUES (?, ?, ?, ?, ?)",
         [(row.device_id, row.seq, row.priority, row.body, reason) for row, reason in damaged],
     )
-    delete_readings(conn, [row.id for row, _ in damaged])
+    delete_readings(conn, [(row.device_id, row.seq) for row, _ in damaged])
     for row, _ in damaged:
         record_marker(
             conn,
@@ -284,31 +295,38 @@ def thinning_window(conn: sqlite3.Connection, priority: Priority, size: int) -> 
     return [
         Candidate._make(row)
         for row in conn.execute(
-            "SELECT okey, device_id, seq, id, t_device_ms FROM reading"
+            "SELECT okey, device_id, seq, t_device_ms FROM reading"
             " WHERE priority = ? ORDER BY okey, device_id, seq LIMIT ?",
             (priority, size),
         )
     ]
 
 
-def pack(conn: sqlite3.Connection, victim_ids: Sequence[int], path: Path) -> None:
-    """Move the survivors of thinned regions to the end of the table, so whole pages free up.
+def pack(
+    conn: sqlite3.Connection, priority: Priority, window: Sequence[Candidate], victims: Sequence[int],
+    path: Path,
+) -> None:  # fmt: skip
+    """Rewrite the thinned regions of ``window`` densely, so whole pages free up.
 
-    Thinning every other reading leaves pages half full, which SQLite does not give back; moving
-    the survivors (same bytes, new physical id) empties them. Best effort: if the disk is too full
-    to move them, the thinning itself still commits.
+    ``victims`` are the ascending positions in ``window`` (a range of the table, in send order) of
+    the readings just deleted. Thinning every other reading leaves pages half full, which SQLite
+    does not give back; deleting a region's survivors and inserting them again (same rows, same
+    place in the order) fills fewer pages. Best effort: if the disk is too full for the rewrite,
+    the thinning itself still commits.
     """
     conn.execute("SAVEPOINT pack")
     try:
-        for first, last, victims in thinning.regions(victim_ids):
+        for first, last, thinned in thinning.regions(victims):
+            if thinned < thinning.REGION_MIN_DENSITY * (last - first + 1):
+                continue
+            lo, hi = window[first], window[last]
+            bounds = (priority, lo.okey, lo.device_id, lo.seq, hi.okey, hi.device_id, hi.seq)
             survivors = conn.execute(
                 "SELECT device_id, seq, okey, priority, t_device_ms, crc, body FROM reading"
-                " WHERE id BETWEEN ? AND ? ORDER BY id",
-                (first, last),
+                " WHERE priority = ? AND (okey, device_id, seq) BETWEEN (?, ?, ?) AND (?, ?, ?)",
+                bounds,
             ).fetchall()
-            if victims < thinning.REGION_MIN_DENSITY * (victims + len(survivors)):
-                continue
-            conn.execute("DELETE FROM reading WHERE id BETWEEN ? AND ?", (first, last))
+            conn.execute(_DELETE_RANGE, bounds)
             conn.executemany(INSERT_READING, survivors)
         conn.execute("RELEASE pack")
     except sqlite3.OperationalError as exc:

@@ -16,7 +16,7 @@ from coldtrace.contract import Marker, MarkerKind
 ROUND_MAX = 5000
 #: A round thins at least this many readings, so a nearly met budget does not take many rounds.
 ROUND_MIN = 16
-#: Victims further apart than this many rows (by physical id) are packed as separate regions.
+#: Victims further apart than this many rows (in send order) are packed as separate regions.
 REGION_GAP = 64
 #: A region is packed only if at least this fraction of its rows were thinned: packing moves the
 #: surviving rows, and moving many to free few pages is not worth the writes.
@@ -29,7 +29,6 @@ class Candidate(NamedTuple):
     okey: int
     device_id: str
     seq: int
-    id: int
     t_device_ms: int
 
 
@@ -112,18 +111,18 @@ def runs_of(victims: Iterable[Candidate], kind: MarkerKind) -> list[MarkerRun]:
     return list(spans.values())
 
 
-def regions(ids: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Ascending victim ids grouped into (first id, last id, victims) regions worth packing."""
+def regions(positions: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Ascending victim positions grouped into (first, last, victims) regions to pack."""
     out: list[tuple[int, int, int]] = []
     start = prev = count = 0
-    for i, row_id in enumerate(ids):
-        if i and row_id - prev <= REGION_GAP:
-            prev, count = row_id, count + 1
+    for i, position in enumerate(positions):
+        if i and position - prev <= REGION_GAP:
+            prev, count = position, count + 1
             continue
         if i:
             out.append((start, prev, count))
-        start = prev = row_id
+        start = prev = position
         count = 1
-    if ids:
+    if positions:
         out.append((start, prev, count))
     return out

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from coldtrace.contract import MarkerKind, Reading, decode_model
 from edge_agent.outbox import Priority, batching, codec, tables, thinning
-from edge_agent.outbox.batching import Query, Row
-from edge_agent.outbox.schema import _V1 as SCHEMA
+from edge_agent.outbox.batching import Query, Row, Span
+from edge_agent.outbox.schema import MIGRATIONS
 from edge_agent.outbox.seen import SeqRanges, cap, gaps_touching, runs, union
 from edge_agent.outbox.thinning import Candidate, MarkerRun
 from tests.coldtrace.contract.strategies import readings
@@ -108,8 +108,8 @@ def _absorb_case(draw: st.DrawFn) -> tuple[set[int], set[int], list[int]]:
 
 def _seen_db(cases: Mapping[str, tuple[set[int], set[int], list[int]]]) -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
-    for statement in SCHEMA:
-        conn.execute(statement)
+    for migrate in MIGRATIONS:
+        migrate(conn, "gw-1")
     for device, (seen, waiting, _) in cases.items():
         conn.executemany(
             "INSERT INTO seen (device_id, seq_from, seq_to) VALUES (?, ?, ?)",
@@ -146,8 +146,8 @@ def test_absorb_records_exactly_what_it_did_device_by_device(
     assert fast.execute(table).fetchall() == slow.execute(table).fetchall()
 
 
-def _row(okey: int, device: str, seq: int, size: int = 10) -> Row:
-    return Row(okey, device, seq, seq, Priority.ROUTINE, okey, 0, b"x" * size)
+def _row(okey: int, device: str, seq: int, size: int = 10, priority: Priority = Priority.ROUTINE) -> Row:
+    return Row(okey, device, seq, priority, okey, 0, b"x" * size)
 
 
 def test_select_fills_stream_by_stream_as_prefixes() -> None:
@@ -160,6 +160,23 @@ def test_select_fills_stream_by_stream_as_prefixes() -> None:
         [[[_row(1, "a", 1), _row(2, "a", 2, 500), _row(3, "a", 3)]]], max_readings=9, byte_budget=100
     )
     assert [r.seq for r in small] == [1]
+
+
+def test_spans_cover_each_query_of_the_plan_separately() -> None:
+    routine = [_row(1, "a", 1), _row(2, "b", 1), _row(3, "a", 2)]
+    # A backlog batch of one priority is one range, first to last.
+    assert batching.spans(routine, None) == [Span(Priority.ROUTINE, routine[0], routine[-1], 3)]
+    # With live_after_ms each priority splits there; excursions never do.
+    mixed = sorted(
+        [*routine, _row(7, "c", 1, priority=Priority.EXCURSION), _row(9, "c", 2, priority=Priority.EXCURSION),
+         _row(8, "d", 5, priority=Priority.ANOMALOUS)]
+    )  # fmt: skip
+    got = {(s.priority, s.first.okey, s.last.okey, s.readings) for s in batching.spans(mixed, 3)}
+    assert got == {
+        (Priority.ROUTINE, 1, 2, 2), (Priority.ROUTINE, 3, 3, 1), (Priority.EXCURSION, 7, 9, 2),
+        (Priority.ANOMALOUS, 8, 8, 1),
+    }  # fmt: skip
+    assert batching.spans([], 3) == batching.spans([], None) == []
 
 
 def test_plan_puts_live_readings_and_excursions_first() -> None:
@@ -185,7 +202,7 @@ def test_body_overhead_matches_an_empty_batch() -> None:
 
 
 def _cand(device: str, seq: int) -> Candidate:
-    return Candidate(seq, device, seq, seq, seq * 10)
+    return Candidate(seq, device, seq, seq * 10)
 
 
 def test_every_other_reading_per_device_is_thinned() -> None:
