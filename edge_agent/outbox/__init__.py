@@ -65,8 +65,9 @@ Eviction (disk budget)
     device's waiting marker it overlaps or adjoins, and sent in the next batch: no gap is silent.
     Thinned rows' pages are packed and returned to the file system (incremental vacuum), so the
     file shrinks. After ``enforce_budget`` the outbox is within budget unless only frames are
-    left; between calls it grows by what is appended, plus a write-ahead log of up to
-    ~4 MiB (SQLite's checkpoint interval) — budget that much slack for the disk.
+    left; between calls it grows by what is appended, plus a write-ahead log of up to an eighth
+    of the budget, at least 4 and at most 16 MiB (the checkpoint interval) — budget that much
+    slack for the disk.
 
     A write that finds the disk (or ``hard_limit_bytes``) full raises :class:`OutboxFull` and
     stores nothing; the database stays usable.

@@ -79,15 +79,18 @@ def select(streams: Sequence[Sequence[Iterable[Row]]], *, max_readings: int, byt
     ahead of a lower-keyed one of the same stream. The result is in send order.
     """
     chosen: list[Row] = []
-    used = 0
+    used = contributed = 0
     for sources in streams:
+        taken = len(chosen)
         for row in _merged(sources):
             cost = len(row.body) + 1  # the reading plus its separating comma
             if len(chosen) >= max_readings or used + cost > byte_budget:
                 break
             chosen.append(row)
             used += cost
-    chosen.sort()
+        contributed += len(chosen) > taken
+    if contributed > 1:  # each stream comes in send order; only streams together need sorting
+        chosen.sort()
     return chosen
 
 

@@ -25,8 +25,20 @@ Synchronous = Literal["FULL", "NORMAL"]
 SCHEMA_VERSION = 2
 #: How long to wait for a lock held by another process before giving up (seconds).
 LOCK_TIMEOUT_S = 2.0
-#: After a checkpoint the write-ahead log is cut back to this size.
-WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: The write-ahead log is folded into the database (checkpointed) once it holds an eighth of the
+#: disk budget, within these bounds, and cut back to that size afterwards. A drain rewrites the same
+#: pages (index pages, the frames of a group) from one transaction to the next, and a longer log
+#: copies them to the database once rather than every time: 16 MiB instead of SQLite's 4 MiB drained
+#: 7-8 % faster (three paired runs each of ``form_batches`` + ``acknowledge``, 200,000 readings).
+WAL_MIN_BYTES = 4 * 1024 * 1024
+WAL_MAX_BYTES = 16 * 1024 * 1024
+
+
+def wal_bytes(budget_bytes: int) -> int:
+    """How long the write-ahead log may grow for an outbox of ``budget_bytes`` on disk."""
+    return min(WAL_MAX_BYTES, max(WAL_MIN_BYTES, budget_bytes // 8))
+
+
 #: Page cache per connection (KiB): index pages of a large backlog stay cached.
 CACHE_KIB = 16 * 1024
 
@@ -135,8 +147,12 @@ def _migrate_to_2(conn: sqlite3.Connection, gateway_id: str) -> None:
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, str], None], ...] = (_migrate_to_1, _migrate_to_2)
 
 
-def open_database(path: Path, *, gateway_id: str, synchronous: Synchronous) -> sqlite3.Connection:
+def open_database(
+    path: Path, *, gateway_id: str, synchronous: Synchronous, wal_limit: int = WAL_MIN_BYTES
+) -> sqlite3.Connection:
     """Open or create the outbox at ``path``, check its integrity and migrate its schema.
+
+    The write-ahead log is checkpointed when it reaches ``wal_limit`` bytes (see :func:`wal_bytes`).
 
     The connection holds an exclusive lock until it is closed: a second agent on the same outbox
     would fork its hash chain, so it is refused (``OutboxLocked``) instead.
@@ -148,7 +164,7 @@ def open_database(path: Path, *, gateway_id: str, synchronous: Synchronous) -> s
     except sqlite3.Error as exc:
         raise translate(exc, path=path, action="opening the database") from exc
     try:
-        _configure(conn, path, synchronous)
+        _configure(conn, path, synchronous, wal_limit)
         _migrate(conn, path, gateway_id)
     except BaseException:
         conn.close()
@@ -156,7 +172,7 @@ def open_database(path: Path, *, gateway_id: str, synchronous: Synchronous) -> s
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -> None:
+def _configure(conn: sqlite3.Connection, path: Path, synchronous: Synchronous, wal_limit: int) -> None:
     try:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
@@ -169,7 +185,9 @@ def _configure(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -
         if str(mode).lower() != "wal":
             raise OutboxError(f"outbox {path}: cannot switch to WAL journaling (got {mode})", path=path)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA journal_size_limit = {wal_limit}")
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, wal_limit // page_size)}")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         # Debian builds SQLite with secure_delete on: every sent reading and acknowledged frame was
         # overwritten with zeros and the freed pages written out again (a drain ran 13 % slower).

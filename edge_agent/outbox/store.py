@@ -28,7 +28,7 @@ from edge_agent.outbox import batching, codec, tables, thinning
 from edge_agent.outbox.batching import Row
 from edge_agent.outbox.errors import OutboxError, UnknownBatch, translate
 from edge_agent.outbox.models import OutboxStats, PendingFrame, Priority
-from edge_agent.outbox.schema import Synchronous, open_database
+from edge_agent.outbox.schema import Synchronous, open_database, wal_bytes
 from edge_agent.outbox.thinning import MarkerRun
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Outbox:
         self._limits = limits
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = open_database(
-            self._path, gateway_id=gateway_id, synchronous=synchronous
+            self._path, gateway_id=gateway_id, synchronous=synchronous, wal_limit=wal_bytes(budget_bytes)
         )
         try:
             with self._reading("loading the outbox state") as conn:
