@@ -437,9 +437,18 @@ class EdgeAgent:
         try:
             while True:
                 self._track_cloud(client)
-                # Formed but unacknowledged frames first (after a restart: byte-identical resends).
+                # Acknowledgements that came in, then formed but unacknowledged frames (after a
+                # restart: byte-identical resends), in one call to the database thread.
+                delivered = await self._delivered(in_flight)
+                pending_frames = await self._call(self._acknowledge, delivered)
+                for seq in delivered:
+                    sent = counts.pop(seq, 0)
+                    self.metrics.batches_sent.inc()
+                    self.metrics.readings_sent.inc(sent)
+                    self._sent_rate = 0.9 * self._sent_rate + 0.1 * sent
+                    self._acked_since_formed = True
                 unsent = 0
-                for pending in await self._call(self.outbox.pending_frames):
+                for pending in pending_frames:
                     if pending.batch_seq not in in_flight:
                         if len(in_flight) < s.uplink_window:
                             send(pending)
@@ -468,9 +477,14 @@ class EdgeAgent:
                     await (self._wait_for_data() if linked else self._wait_for_link(client))
                     continue
                 await asyncio.wait(in_flight.values(), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                await self._settle(in_flight, counts)
         finally:
             supervisor.cancel()
+
+    def _acknowledge(self, delivered: list[int]) -> list[PendingFrame]:
+        """Forget the ``delivered`` batches; the frames still pending. db thread."""
+        if delivered:
+            self.outbox.acknowledge(*delivered)
+        return self.outbox.pending_frames()
 
     def _form_batches(self, count: int) -> tuple[list[PendingFrame], int]:
         """Up to ``count`` next signed frames and how many readings still wait; db thread."""
@@ -482,7 +496,8 @@ class EdgeAgent:
         )  # fmt: skip
         return formed, self.outbox.waiting
 
-    async def _settle(self, in_flight: dict[int, asyncio.Future[Any]], counts: dict[int, int]) -> None:
+    async def _delivered(self, in_flight: dict[int, asyncio.Future[Any]]) -> list[int]:
+        """The batches the cloud broker acknowledged, taken out of ``in_flight`` (with their counts)."""
         delivered: list[int] = []
         for seq in sorted(in_flight):
             future = in_flight[seq]
@@ -497,15 +512,7 @@ class EdgeAgent:
                 await asyncio.sleep(self.settings.reconnect_initial_s)
                 continue
             delivered.append(seq)
-        if not delivered:
-            return
-        self._acked_since_formed = True
-        await self._call(self.outbox.acknowledge, *delivered)
-        for seq in delivered:
-            sent = counts.pop(seq, 0)
-            self.metrics.batches_sent.inc()
-            self.metrics.readings_sent.inc(sent)
-            self._sent_rate = 0.9 * self._sent_rate + 0.1 * sent
+        return delivered
 
     async def _batch_due(self) -> bool:
         # A full batch waits (fresh readings, or a backlog to drain): form it now.

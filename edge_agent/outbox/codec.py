@@ -6,7 +6,8 @@ encoder: the model's fields written as they are, see ``coldtrace.contract.canoni
 On the way out the stored bytes are not decoded: they are the canonical encoding of a reading that
 was validated when it was appended, so a batch splices them into its signed body as they are
 (``coldtrace.contract.sign_batch_with_readings``). :func:`damaged` checks beforehand that they are
-still what was written (CRC-32) and are filed under the right (device_id, seq).
+still what was written and are filed under the right (device_id, seq): the stored CRC-32 of a body
+starts from a value derived from its key (:func:`stored_crc`), so one check covers both.
 """
 
 from __future__ import annotations
@@ -19,6 +20,22 @@ from edge_agent.outbox.batching import Row
 
 #: The canonical contract bytes of a reading.
 encode: Callable[[Reading], bytes] = canonical_bytes
+#: Odd, so ``seq * SEQ_MIX`` is one-to-one modulo 2**32: a device's readings get distinct CRC seeds.
+SEQ_MIX = 0x9E3779B1
+
+
+def device_seed(device_id: str) -> int:
+    """The part of a reading's CRC seed that comes from its device (cache it per device)."""
+    return zlib.crc32(device_id.encode())
+
+
+def stored_crc(body: bytes, device_id: str, seq: int) -> int:
+    """The CRC-32 stored with a reading: of ``body``, started from a seed derived from its key.
+
+    A body filed under another key fails its check as surely as a changed one: for the same bytes,
+    different seeds always give different CRCs.
+    """
+    return zlib.crc32(body, (device_seed(device_id) ^ seq * SEQ_MIX) & 0xFFFFFFFF)
 
 
 def decode(body: bytes) -> Reading:
@@ -31,23 +48,32 @@ def decode(body: bytes) -> Reading:
 
 
 def damaged(rows: Sequence[Row]) -> list[tuple[Row, str]]:
-    """The rows that fail their integrity checks before being sent, each with the reason.
+    """The rows that fail their integrity check before being sent, each with the reason.
 
-    A body must match its CRC-32 (unchanged since it was encoded from a validated reading) and carry
-    its row's key, so that a body stored under another reading's key is not sent as that reading.
+    A body must match the CRC-32 stored with it, which is seeded with the row's key (see
+    :func:`stored_crc`): unchanged since it was encoded from a validated reading, and filed under
+    that reading's own key.
     """
     found: list[tuple[Row, str]] = []
     crc32 = zlib.crc32
-    tags: dict[str, bytes] = {}  # a batch holds a few readings of each device
+    seeds: dict[str, int] = {}  # a batch holds a few readings of each device
     for row in rows:
-        body = row.body
-        if crc32(body) != row.crc:
-            found.append((row, "CRC-32 mismatch: the stored bytes changed"))
-            continue
-        # Canonical spellings: string values cannot hold a quote, and in sorted key order "seq" is
-        # always followed by "shipment_id", so the comma rules out a longer number.
-        if (tag := tags.get(row.device_id)) is None:
-            tag = tags[row.device_id] = b'"device_id":"%s"' % row.device_id.encode()
-        if tag not in body or b'"seq":%d,' % row.seq not in body:
-            found.append((row, "the stored reading does not match its key"))
+        if (seed := seeds.get(row.device_id)) is None:
+            seed = seeds[row.device_id] = device_seed(row.device_id)
+        if crc32(row.body, (seed ^ row.seq * SEQ_MIX) & 0xFFFFFFFF) != row.crc:
+            found.append((row, _diagnosis(row)))
     return found
+
+
+def carries_key(body: bytes, device_id: str, seq: int) -> bool:
+    """Whether canonical reading bytes carry this device_id and seq."""
+    # Canonical spellings: string values cannot hold a quote, and in sorted key order "seq" is
+    # always followed by "shipment_id", so the comma rules out a longer number.
+    return b'"device_id":"%s"' % device_id.encode() in body and b'"seq":%d,' % seq in body
+
+
+def _diagnosis(row: Row) -> str:
+    """Why a row failed its check (rare: the cost of telling the two cases apart is paid only here)."""
+    if not carries_key(row.body, row.device_id, row.seq):
+        return "the stored reading does not match its key"
+    return "CRC-32 mismatch: the stored bytes changed"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from coldtrace.contract import GENESIS_HASH
+from edge_agent.outbox import codec
 from edge_agent.outbox.errors import (
     GatewayMismatch,
     OutboxCorrupt,
@@ -108,7 +110,8 @@ _V2 = (
     # Readings clustered in send order: a batch is a range scan of this table and leaves it as
     # one range delete, with no second index to read through or keep up to date. (Version 1 kept
     # them by rowid with a separate (priority, okey) index; a backlog drain ran about 45 % faster
-    # in SQLite with this layout.) Columns as in version 1, without ``id``.
+    # in SQLite with this layout.) Columns as in version 1, without ``id``; ``crc`` is seeded with
+    # the reading's key (codec.stored_crc), which version 1 checked separately.
     """CREATE TABLE reading_v2 (
         priority INTEGER NOT NULL,
         okey INTEGER NOT NULL,
@@ -120,8 +123,8 @@ _V2 = (
         PRIMARY KEY (priority, okey, device_id, seq)
     ) WITHOUT ROWID""",
     """INSERT INTO reading_v2 (priority, okey, device_id, seq, t_device_ms, crc, body)
-        SELECT priority, okey, device_id, seq, t_device_ms, crc, body FROM reading
-        ORDER BY priority, okey, device_id, seq""",
+        SELECT priority, okey, device_id, seq, t_device_ms, coldtrace_v2_crc(crc, body, device_id, seq), body
+        FROM reading ORDER BY priority, okey, device_id, seq""",
     "DROP TABLE reading",
     "ALTER TABLE reading_v2 RENAME TO reading",
     "CREATE UNIQUE INDEX reading_key ON reading (device_id, seq)",
@@ -139,8 +142,17 @@ def _migrate_to_1(conn: sqlite3.Connection, gateway_id: str) -> None:
 
 def _migrate_to_2(conn: sqlite3.Connection, gateway_id: str) -> None:
     del gateway_id  # every migration gets it; this one does not need it
+    conn.create_function("coldtrace_v2_crc", 4, _v2_crc, deterministic=True)
     for statement in _V2:
         conn.execute(statement)
+
+
+def _v2_crc(crc: int, body: bytes, device_id: str, seq: int) -> int:
+    """A version-1 reading's CRC as version 2 stores it; a reading that failed the version-1 checks
+    (plain CRC-32, key carried in the body) gets one that fails too, so it is still quarantined."""
+    keyed = codec.stored_crc(body, device_id, seq)
+    intact = crc == zlib.crc32(body) and codec.carries_key(body, device_id, seq)
+    return keyed if intact else keyed ^ 1
 
 
 #: MIGRATIONS[n] brings a database at user_version n to n + 1.

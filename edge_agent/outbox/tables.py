@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -127,7 +126,8 @@ def insert_late(conn: sqlite3.Connection, reading: Reading, priority: int, head:
     floor = reading.t_gateway_ms if below is None else below[1]
     ceiling = head[1] if above is None else above[0]
     okey = min(max(reading.t_gateway_ms, floor), ceiling)
-    conn.execute(INSERT_READING, (device, seq, okey, priority, reading.t_device_ms, zlib.crc32(body), body))
+    crc = codec.stored_crc(body, device, seq)
+    conn.execute(INSERT_READING, (device, seq, okey, priority, reading.t_device_ms, crc, body))
     return 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -400,13 +401,33 @@ def test_a_version_1_outbox_is_migrated_keeping_readings_frames_and_chain(
             box.append(rows("dev-a", range(300, 320)))  # late: slotted between stored neighbours
             box.form_batch(signer=key, max_readings=50, now_ms=T0)
 
+    def damage(path: Path, *, version_1: bool) -> None:
+        conn = sqlite3.connect(path)
+        if version_1:  # version 1 stored a body's plain CRC-32 and checked its key separately
+            conn.create_function("crc32", 1, zlib.crc32)
+            conn.execute("UPDATE reading SET crc = crc32(body)")
+        # One reading's bytes changed; another's replaced by a third reading's bytes and CRC.
+        conn.execute(
+            "UPDATE reading SET body = CAST(replace(body, '\"temperature_c\":', '\"temperature_c\":1')"
+            " AS BLOB) WHERE device_id = 'dev-a' AND seq = 310"
+        )
+        conn.execute(
+            "UPDATE reading SET (body, crc) ="
+            " (SELECT body, crc FROM reading WHERE device_id = 'dev-c' AND seq = 51)"
+            " WHERE device_id = 'dev-c' AND seq = 50"
+        )
+        conn.commit()
+        conn.close()
+
     old, new = tmp_path / "v1.db", tmp_path / "v2.db"
     with (
         mock.patch.object(schema, "SCHEMA_VERSION", 1),
         mock.patch.object(schema, "MIGRATIONS", schema.MIGRATIONS[:1]),
     ):
         fill(old)
+    damage(old, version_1=True)
     fill(new)
+    damage(new, version_1=False)
     version, sql = _layout(old)
     assert version == 1
     assert "WITHOUT ROWID" not in sql
@@ -419,10 +440,18 @@ def test_a_version_1_outbox_is_migrated_keeping_readings_frames_and_chain(
         assert waiting(migrated) == waiting(fresh)
         # Everything but the size on disk, which holds the migration's write-ahead log for now.
         assert replace(migrated.stats(), bytes_on_disk=0) == replace(fresh.stats(), bytes_on_disk=0)
-        # The same frames, byte for byte, continuing the same chain, in the same send order.
-        assert [f.frame for f in drain(migrated, key=key, live_after_ms=T0 + 50_000)] == [
-            f.frame for f in drain(fresh, key=key, live_after_ms=T0 + 50_000)
-        ]
+        # The same frames, byte for byte, continuing the same chain, in the same send order; the
+        # damaged readings quarantined alike, each leaving a MISSING marker.
+        frames = [f.frame for f in drain(migrated, key=key, live_after_ms=T0 + 50_000)]
+        assert frames == [f.frame for f in drain(fresh, key=key, live_after_ms=T0 + 50_000)]
+        markers = [m for f in frames for m in verify_frame(f, key.public_key()).batch.markers]
+        assert {(m.kind, m.device_id, m.seq_from) for m in markers} == {
+            (MarkerKind.MISSING, "dev-a", 310), (MarkerKind.MISSING, "dev-c", 50)
+        }  # fmt: skip
+        quarantined = "SELECT device_id, seq, reason FROM quarantine ORDER BY device_id"
+        assert migrated._conn is not None
+        assert fresh._conn is not None
+        assert migrated._conn.execute(quarantined).fetchall() == fresh._conn.execute(quarantined).fetchall()
     version, sql = _layout(old)
     assert version == schema.SCHEMA_VERSION == 2
     assert "WITHOUT ROWID" in sql

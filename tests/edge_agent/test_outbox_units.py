@@ -234,3 +234,16 @@ def test_round_size_and_regions() -> None:
     assert thinning.round_size(100_000, 500) == 220
     assert thinning.regions([1, 3, 5, 200, 201, 1000]) == [(1, 5, 3), (200, 201, 2), (1000, 1000, 1)]
     assert thinning.regions([]) == []
+
+
+@given(
+    st.binary(max_size=600),
+    st.text(min_size=1, max_size=12),
+    st.integers(0, 2**40),
+    st.integers(1, 2**32 - 1),
+)
+def test_a_stored_crc_fails_for_any_other_seq_of_its_device(
+    body: bytes, device: str, seq: int, delta: int
+) -> None:
+    # The same bytes under another key of the same device: a different seed, so a different CRC.
+    assert codec.stored_crc(body, device, seq) != codec.stored_crc(body, device, seq + delta)
