@@ -1,6 +1,6 @@
 """Agent benchmark: draining a 1,000,000-reading outbox after an outage, against a bare frame publisher.
 
-    python scripts/bench_drain.py [--readings 1000000] [--quick]
+    python scripts/bench_drain.py [--readings 1000000] [--runs 3] [--quick]
 
 The agent's outbox is filled as an outage would leave it (200 devices, routine readings received over
 the last hour, scored and bound, durable), without the agent running; then the agent starts, pinned to
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -191,7 +192,7 @@ async def publish_frames(port: int, tmp: Path, frames: int, frame_bytes: int) ->
 
 async def _bench(
     args: argparse.Namespace, tmp: Path
-) -> tuple[dict[str, float], dict[str, float], float, int]:
+) -> tuple[list[tuple[dict[str, float], dict[str, float]]], float, int]:
     # A budget above the backlog: this measures the drain, not thinning.
     with rig(tmp, outbox_budget_bytes=4 * 1024**3) as r:
         settings = AgentSettings.load(r.config)
@@ -200,12 +201,21 @@ async def _bench(
         print(
             f"outbox filled with {expected} readings in {fill_s:.1f} s, {size / 1e6:.0f} MB", file=sys.stderr
         )
-        agent = await drain(r, expected, timeout_s=900)
-        print(agent, file=sys.stderr)
-        per_frame = agent["readings"] / agent["frames"]
-        baseline = await bare(r, int(agent["frames"]), round(agent["frame_bytes"]), per_frame)
-        print(baseline, file=sys.stderr)
-        return agent, baseline, fill_s, size
+        filled = settings.outbox_path.with_name("filled.db")
+        shutil.copyfile(settings.outbox_path, filled)
+        runs = []
+        for run in range(args.runs):
+            if run:  # the same backlog again: the agent's outbox as the fill left it
+                for leftover in settings.outbox_path.parent.glob(settings.outbox_path.name + "-*"):
+                    leftover.unlink()
+                shutil.copyfile(filled, settings.outbox_path)
+            agent = await drain(r, expected, timeout_s=900)
+            print(agent, file=sys.stderr)
+            per_frame = agent["readings"] / agent["frames"]
+            baseline = await bare(r, int(agent["frames"]), round(agent["frame_bytes"]), per_frame)
+            print(baseline, file=sys.stderr)
+            runs.append((agent, baseline))
+        return runs, fill_s, size
 
 
 def main() -> None:
@@ -215,6 +225,9 @@ def main() -> None:
     )
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="50,000 readings; prints, writes nothing.")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="drains of the same backlog; the median is reported"
+    )
     parser.add_argument("--publish", nargs=4, help=argparse.SUPPRESS)  # the baseline's child process
     args = parser.parse_args()
     if args.publish:
@@ -222,15 +235,19 @@ def main() -> None:
         asyncio.run(publish_frames(int(port), Path(tmp), int(frames), int(frame_bytes)))
         return
     if args.quick:
-        args.readings = 50_000
+        args.readings, args.runs = 50_000, 1
     with tempfile.TemporaryDirectory() as tmp:
-        agent, baseline, fill_s, size = asyncio.run(_bench(args, Path(tmp)))
+        runs, fill_s, size = asyncio.run(_bench(args, Path(tmp)))
+    # The machine is shared and noisy (runs of the same build differ by up to 15 %): the median run
+    # by agent rate is reported, every run is listed.
+    agent, baseline = sorted(runs, key=lambda pair: pair[0]["rate"])[len(runs) // 2]
     n = int(agent["readings"])
     lines = [
         f"## Edge agent: draining a {n:,}-reading outbox, against a bare frame publisher",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python scripts/bench_drain.py --readings "
-        f"{args.readings}`. The outbox was filled as an outage leaves it ({DEVICES} devices, routine "
+        f"{args.readings} --runs {args.runs}`. The outbox was filled as an outage leaves it ({DEVICES} "
+        "devices, routine "
         f"readings of the last hour, bound and scored; {fill_s:.0f} s to write, {size / 1e6:.0f} MB on disk "
         "with its WAL), "
         "then the agent started pinned to one core (`taskset -c 1`) with backfill pacing off, forming, "
@@ -245,6 +262,9 @@ def main() -> None:
         f"mean size ({agent['frame_bytes'] / 1000:.0f} kB) from memory, QoS 1, {WINDOW} in flight (the "
         "agent's uplink window), counted by the same subscriber.",
         "",
+        f"The backlog was drained {len(runs)} times from the same filled outbox, each run followed by its "
+        "baseline; the table shows the median run by agent rate, then every run.",
+        "",
         "| sender | frames | seconds | readings/s | RSS at first delivery MB | peak RSS MB | RSS at end MB |",
         "|---|---|---|---|---|---|---|",
         f"| agent | {int(agent['frames'])} | {agent['seconds']:.1f} | {agent['rate']:.0f} "
@@ -254,6 +274,13 @@ def main() -> None:
         "",
         f"Agent / bare publisher (readings/s, same run; the publisher is the baseline): "
         f"{agent['rate'] / baseline['rate']:.2f}.",
+        "",
+        "| run | agent readings/s | peak RSS MB | bare publisher readings/s | ratio |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {i} | {a['rate']:.0f} | {a['rss_peak']:.0f} | {b['rate']:.0f} | {a['rate'] / b['rate']:.2f} |"
+            for i, (a, b) in enumerate(runs, 1)
+        ),
         "",
         *machine_lines(machine()),
     ]

@@ -39,6 +39,9 @@ _SELECT_ROWS = (
     "SELECT okey, device_id, seq, priority, t_device_ms, crc, body FROM reading"
     " WHERE priority = ? AND okey >= ? AND okey < ? ORDER BY okey, device_id, seq LIMIT ?"
 )
+#: Statements for the queries of the largest plan, each its own text: a cached statement still in
+#: use by one cursor is prepared afresh for the next, and a batch's cursors are all open at once.
+_SELECT_ROWS_EACH = [f"{_SELECT_ROWS} -- query {i}" for i in range(2 * len(Priority))]
 _DELETE_RANGE = (
     "DELETE FROM reading WHERE priority = ? AND (okey, device_id, seq) BETWEEN (?, ?, ?) AND (?, ?, ?)"
 )
@@ -136,8 +139,9 @@ def choose_rows(
 ) -> list[Row]:
     """The waiting readings the next batch carries, in send order (see ``batching``)."""
     # Cursors are consumed lazily, so rows past the batch's end are never read.
+    sql = iter(_SELECT_ROWS_EACH)
     cursors = [
-        [conn.execute(_SELECT_ROWS, (q.priority, q.okey_from, q.okey_below, max_readings)) for q in queries]
+        [conn.execute(next(sql), (q.priority, q.okey_from, q.okey_below, max_readings)) for q in queries]
         for queries in batching.plan(live_after_ms)
     ]
     try:
