@@ -225,7 +225,7 @@ def record_marker(conn: sqlite3.Connection, run: MarkerRun) -> None:
 def absorb(
     conn: sqlite3.Connection, seen: Mapping[str, SeqRanges], removed: Mapping[str, Sequence[int]]
 ) -> dict[str, SeqRanges]:
-    """Record that ``removed`` readings left the table; the devices' new records.
+    """Record that ``removed`` readings (distinct seqs per device) left the table; the new records.
 
     Call inside the transaction, after the rows are deleted; swap the result in once it commits.
     """
@@ -235,7 +235,9 @@ def absorb(
     for device, seqs in removed.items():
         old = seen.get(device)
         before = old.intervals() if old is not None else []
-        added = runs(sorted(seqs))
+        lo, hi = min(seqs), max(seqs)
+        # Distinct seqs spanning exactly their count are one run (the usual case) without a sort.
+        added = [(lo, hi)] if hi - lo + 1 == len(seqs) else runs(sorted(seqs))
         if len(added) == 1 and (not before or (len(before) == 1 and _touch(before[0], added[0]))):
             # The common case (a device's readings leave in order): the record is and stays one
             # interval, with no gap to bridge and nothing to cap, so what the general path below
