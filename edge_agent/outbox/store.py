@@ -252,7 +252,10 @@ class Outbox:
                     )  # fmt: skip
                     if (not markers and not rows) or codec.damaged(rows):
                         break
-                # Once for all the frames: a device's record changes once per transaction, not per frame.
+                # Once for all the frames: the chain head, and each device's record of what left.
+                conn.execute(
+                    "UPDATE meta SET next_batch_seq = ?, head_hash = ? WHERE id = 1", (next_seq, head)
+                )
                 seen = tables.absorb(conn, self._seen, removed)
             self._seen.update(seen)
             for pending, oldest in formed:
@@ -269,7 +272,8 @@ class Outbox:
         """Sign the batch of ``markers`` and ``rows`` and write it, inside the caller's transaction.
 
         Returns the frame, its hash (the next batch's ``prev_hash``) and its oldest order key. The
-        rows' seqs are added to ``removed``, per device, for the caller to record in ``seen``.
+        rows' seqs are added to ``removed``, per device, for the caller to record in ``seen``; the
+        caller also moves the chain head in ``meta``, once for all the frames it forms.
         """
         # The stored bodies are canonical readings, validated when appended and checked by the
         # caller: they go into the signed body as they are, without a decode and re-encode.
@@ -298,9 +302,6 @@ class Outbox:
         conn.execute(
             "INSERT INTO frame (batch_seq, frame, hash, reading_count, oldest_okey) VALUES (?, ?, ?, ?, ?)",
             (batch_seq, frame, digest, len(rows), oldest),
-        )
-        conn.execute(
-            "UPDATE meta SET next_batch_seq = ?, head_hash = ? WHERE id = 1", (batch_seq + 1, digest)
         )
         logger.debug(
             "formed batch %d: %d readings, %d markers, %d bytes",
