@@ -497,7 +497,7 @@ class EdgeAgent:
         return formed, self.outbox.waiting
 
     async def _delivered(self, in_flight: dict[int, asyncio.Future[Any]]) -> list[int]:
-        """The batches the cloud broker acknowledged, taken out of ``in_flight`` (with their counts)."""
+        """The batches the cloud broker acknowledged, taken out of ``in_flight``; failures stay pending."""
         delivered: list[int] = []
         for seq in sorted(in_flight):
             future = in_flight[seq]
