@@ -102,7 +102,7 @@ def test_each_kind_of_bad_batch_is_rejected_with_its_reason_and_dead_lettered(
 
     too_big = b"CT\x01" + bytes(HEADER_BYTES) + b"x" * (1024 * 1024)
     assert _reject(ingestor, too_big) is IngestReject.OVERSIZED
-    wrong_schema = bytes([*good[:2], 2, *good[3:]])
+    wrong_schema = bytes([*good[:2], 3, *good[3:]])
     assert _reject(ingestor, wrong_schema) is IngestReject.UNSUPPORTED_SCHEMA
     assert (
         _reject(ingestor, b"not a frame at all, just text that is long enough" * 3) is IngestReject.BAD_FRAME

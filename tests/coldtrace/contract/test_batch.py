@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import orjson
@@ -32,7 +33,7 @@ from coldtrace.contract import (
     sign_batch_with_readings,
     verify_frame,
 )
-from coldtrace.contract.batch import HEADER_BYTES
+from coldtrace.contract.batch import FRAME_VERSION, HEADER_BYTES, key_id_of, signed_message
 from coldtrace.contract.limits import MAX_READINGS_PER_BATCH
 from tests.coldtrace.contract.strategies import batches, markers, readings
 
@@ -147,12 +148,40 @@ def test_unknown_schema_version_is_refused(version: object) -> None:
     assert caught.value.field == "schema_version"
 
 
-def test_unknown_frame_version_is_refused() -> None:
+@pytest.mark.parametrize("version", [0, 3, 255])
+def test_unknown_frame_version_is_refused(version: int) -> None:
     frame = bytearray(sign_batch(_batch(1), KEY))
-    frame[2] = 2
+    frame[2] = version
     with pytest.raises(ContractError) as caught:
         open_frame(bytes(frame))
     assert caught.value.code is RejectCode.UNSUPPORTED_SCHEMA
+
+
+def _version_1(body: bytes) -> bytes:
+    """A frame as a version-1 build signed it: over the body itself."""
+    key_id = key_id_of(KEY.public_key())
+    return b"CT\x01" + key_id + KEY.sign(signed_message(1, key_id, body)) + body
+
+
+def test_frames_are_written_as_version_2_signing_the_body_digest() -> None:
+    frame = sign_batch(_batch(3), KEY)
+    parts = open_frame(frame)
+    assert frame[2] == parts.version == FRAME_VERSION == 2
+    digest_message = b"coldtrace/batch/v2\x00CT\x02" + parts.key_id + hashlib.sha256(parts.body).digest()
+    KEY.public_key().verify(parts.signature, digest_message)  # raises if the signature covers anything else
+
+
+def test_version_1_frames_still_verify_and_versions_cannot_be_swapped() -> None:
+    v2 = sign_batch(_batch(3), KEY)
+    body = v2[HEADER_BYTES:]
+    v1 = _version_1(body)
+    assert verify_frame(v1, KEY.public_key()).batch == verify_frame(v2, KEY.public_key()).batch
+    # Each signature with the other version byte: its context and message differ, so neither verifies.
+    for frame, other in ((v1, 2), (v2, 1)):
+        swapped = bytes([*frame[:2], other, *frame[3:]])
+        with pytest.raises(ContractError) as caught:
+            verify_frame(swapped, KEY.public_key())
+        assert caught.value.code is RejectCode.BAD_SIGNATURE
 
 
 @pytest.mark.parametrize("frame", [b"", b"CT", b"XX\x01" + bytes(200), b"CT\x01" + bytes(72)])
