@@ -24,9 +24,17 @@ encode: Callable[[Reading], bytes] = canonical_bytes
 SEQ_MIX = 0x9E3779B1
 
 
-def device_seed(device_id: str) -> int:
-    """The part of a reading's CRC seed that comes from its device (cache it per device)."""
-    return zlib.crc32(device_id.encode())
+def keyed_crcs() -> Callable[[bytes, str, int], int]:
+    """:func:`stored_crc` for many readings: each device's part of the seed is computed once."""
+    seeds: dict[str, int] = {}
+    crc32 = zlib.crc32
+
+    def crc(body: bytes, device_id: str, seq: int) -> int:
+        if (seed := seeds.get(device_id)) is None:
+            seed = seeds[device_id] = crc32(device_id.encode())
+        return crc32(body, (seed ^ seq * SEQ_MIX) & 0xFFFFFFFF)
+
+    return crc
 
 
 def stored_crc(body: bytes, device_id: str, seq: int) -> int:
@@ -35,7 +43,7 @@ def stored_crc(body: bytes, device_id: str, seq: int) -> int:
     A body filed under another key fails its check as surely as a changed one: for the same bytes,
     different seeds always give different CRCs.
     """
-    return zlib.crc32(body, (device_seed(device_id) ^ seq * SEQ_MIX) & 0xFFFFFFFF)
+    return keyed_crcs()(body, device_id, seq)
 
 
 def decode(body: bytes) -> Reading:
@@ -54,15 +62,8 @@ def damaged(rows: Sequence[Row]) -> list[tuple[Row, str]]:
     :func:`stored_crc`): unchanged since it was encoded from a validated reading, and filed under
     that reading's own key.
     """
-    found: list[tuple[Row, str]] = []
-    crc32 = zlib.crc32
-    seeds: dict[str, int] = {}  # a batch holds a few readings of each device
-    for row in rows:
-        if (seed := seeds.get(row.device_id)) is None:
-            seed = seeds[row.device_id] = device_seed(row.device_id)
-        if crc32(row.body, (seed ^ row.seq * SEQ_MIX) & 0xFFFFFFFF) != row.crc:
-            found.append((row, _diagnosis(row)))
-    return found
+    crc = keyed_crcs()  # a batch holds a few readings of each device
+    return [(row, _diagnosis(row)) for row in rows if crc(row.body, row.device_id, row.seq) != row.crc]
 
 
 def carries_key(body: bytes, device_id: str, seq: int) -> bool:

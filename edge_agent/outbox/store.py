@@ -6,7 +6,6 @@ import contextlib
 import logging
 import sqlite3
 import threading
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -148,8 +147,7 @@ class Outbox:
             heads: tables.Heads = {}  # this call's updates, applied after the commit
             fresh: list[tables.ReadingRow] = []
             late: list[tuple[Reading, Priority]] = []
-            seen_of, head_of, crc32 = self._seen.get, self._heads.get, zlib.crc32  # hot loop: bind once
-            seeds: dict[str, int] = {}  # codec.stored_crc, with each device's part computed once
+            seen_of, head_of, crc = self._seen.get, self._heads.get, codec.keyed_crcs()  # hot loop: bind once
             for reading, priority in readings:
                 device, seq = reading.device_id, reading.seq
                 seen = seen_of(device)
@@ -164,10 +162,9 @@ class Outbox:
                 okey = reading.t_gateway_ms if head is None else max(reading.t_gateway_ms, head[1])
                 heads[device] = (seq, okey)
                 body = encode(reading)
-                if (seed := seeds.get(device)) is None:
-                    seed = seeds[device] = codec.device_seed(device)
-                crc = crc32(body, (seed ^ seq * codec.SEQ_MIX) & 0xFFFFFFFF)
-                fresh.append((device, seq, okey, int(priority), reading.t_device_ms, crc, body))
+                fresh.append(
+                    (device, seq, okey, int(priority), reading.t_device_ms, crc(body, device, seq), body)
+                )
             with self._writing("appending readings") as conn:
                 conn.executemany(tables.INSERT_READING, fresh)
                 stored = len(fresh)
