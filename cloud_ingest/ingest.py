@@ -23,9 +23,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -34,6 +36,7 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    text,
     tuple_,
     update,
 )
@@ -52,7 +55,7 @@ from cloud_ingest.db.tables import (
     shipments,
     telemetry_spool,
 )
-from cloud_ingest.db.upsert import BulkUpsert, insert_from_json, insert_ignoring, json_rows
+from cloud_ingest.db.upsert import BinaryCopy, BulkUpsert, insert_from_json, insert_ignoring, json_rows
 from cloud_ingest.gaps import clear_gap_alert
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.rules.engine import RuleEngine, RuleOutcome, subject_key
@@ -110,6 +113,19 @@ class Inbound:
     """Set when the transport already refused the frame (an unparsable topic): only dead-lettered."""
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What storing a verified frame needs that depends on the frame alone, per reading in batch
+    order. Built with the verification, while the worker's previous group commits, so the storing
+    transaction only selects what turned out new (all of it, but for duplicates)."""
+
+    rows: list[tuple[Any, ...]]
+    """``readings`` rows, as ``READING_COLUMNS`` tuples."""
+    samples: list[Sample]
+    lines: str
+    """The readings' line protocol (see :func:`reading_lines`)."""
+
+
 @dataclass(slots=True)
 class Checked:
     """Frames after verification, which needs no transaction: what :meth:`Ingestor.store` takes."""
@@ -119,6 +135,33 @@ class Checked:
     refused: list[tuple[int, Rejected]]
     received_ms: int
     started: float
+    prepared: dict[int, Prepared] = field(default_factory=dict)
+    """By frame index, for the good ones."""
+
+
+@dataclass(slots=True)
+class _Fresh:
+    """One accepted frame's readings stored by this transaction (not duplicates)."""
+
+    frame: Verified
+    prepared: Prepared
+    indexes: list[int] | None
+    """Positions of the new readings in the batch; None when all are new (the common case)."""
+
+    @property
+    def readings(self) -> Sequence[Reading]:
+        """The new readings."""
+        all_readings = self.frame.batch.readings
+        return all_readings if self.indexes is None else [all_readings[j] for j in self.indexes]
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The new readings as the rules see them."""
+        samples = self.prepared.samples
+        return samples if self.indexes is None else [samples[j] for j in self.indexes]
+
+    def __len__(self) -> int:
+        return len(self.frame.batch.readings) if self.indexes is None else len(self.indexes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +250,65 @@ _SAVE_HEAD = (
 )  # fmt: skip
 
 
-# PostgreSQL: the batch's readings in one statement (see insert_from_json), new keys returned.
+#: A stored reading's columns, in the order :meth:`Ingestor._store_readings` builds its rows.
+READING_COLUMNS = tuple(str(c.name) for c in readings.columns)
+_COPY_READINGS = BinaryCopy(readings, READING_COLUMNS)
+# The group's readings that are stored already, found per device by its range of sequences (one
+# index range scan each; usually empty).
+_STORED_READINGS_PG = text(
+    "SELECT r.device_id, r.seq"
+    " FROM json_to_recordset(CAST(:ranges AS json)) AS x(d text, lo bigint, hi bigint)"
+    " JOIN readings r ON r.device_id = x.d AND r.seq BETWEEN x.lo AND x.hi"
+)
+# The fallback when a COPY met a reading committed meanwhile: the database skips what exists.
 _INSERT_READINGS_PG = (
-    insert_from_json(readings, [c.name for c in readings.columns])
+    insert_from_json(readings, READING_COLUMNS)
     .on_conflict_do_nothing(index_elements=["device_id", "seq"])
     .returning(readings.c.device_id, readings.c.seq)
 )
+
+
+def _insert_new_readings_pg(conn: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[str, int]]:
+    """Store the rows (``READING_COLUMNS`` tuples, keys distinct) not stored yet; their keys.
+
+    A binary COPY of the rows not found stored. Should another transaction commit one of them
+    between the check and the COPY (two gateways relaying one device to two workers), the COPY
+    fails on the unique key, its savepoint is rolled back, and an ``INSERT … ON CONFLICT DO
+    NOTHING`` stores the rest.
+    """
+    ranges: dict[str, list[int]] = {}
+    for row in rows:
+        device_id, seq = row[0], row[1]
+        span = ranges.get(device_id)
+        if span is None:
+            ranges[device_id] = [seq, seq]
+        elif seq < span[0]:
+            span[0] = seq
+        elif seq > span[1]:
+            span[1] = seq
+    ranges_json = orjson.dumps([{"d": d, "lo": lo, "hi": hi} for d, (lo, hi) in ranges.items()]).decode()
+    stored = {(d, seq) for d, seq in conn.execute(_STORED_READINGS_PG, {"ranges": ranges_json})}
+    fresh = [row for row in rows if (row[0], row[1]) not in stored] if stored else rows
+    try:
+        with conn.begin_nested():
+            _COPY_READINGS(conn, fresh)
+    except psycopg.errors.UniqueViolation:
+        logger.info("a reading of this group was stored meanwhile by another worker; inserting the rest")
+        named = [dict(zip(READING_COLUMNS, row, strict=True)) for row in fresh]
+        return {(row.device_id, row.seq) for row in conn.execute(_INSERT_READINGS_PG, json_rows(named))}
+    return {(row[0], row[1]) for row in fresh}
+
+
+def _new_indexes(rows: list[tuple[Any, ...]], stored: set[tuple[str, int]]) -> list[int] | None:
+    """Positions of the rows this transaction stored (None: all of them); each key is taken once, so
+    a reading repeated in a later frame of the transaction is not new there."""
+    taken = []
+    for j, row in enumerate(rows):
+        key = (row[0], row[1])
+        if key in stored:
+            stored.remove(key)
+            taken.append(j)
+    return None if len(taken) == len(rows) else taken
 
 
 def _newer(ex: Any, name: str) -> Any:
@@ -297,9 +393,26 @@ class Ingestor:
                     checked.refused.append((i, exc))
                 else:
                     checked.good.append((i, v))
+            self._resolve_profiles([r for _, v in checked.good for r in v.batch.readings])
         except (OperationalError, DBAPIError) as exc:
             raise self._unavailable(exc) from exc
+        for i, v in checked.good:
+            checked.prepared[i] = self._prepare(v, received_ms=checked.received_ms)
         return checked
+
+    def _prepare(self, v: Verified, *, received_ms: int) -> Prepared:
+        gw, seq = v.batch.gateway_id, v.batch.batch_seq
+        readings_of = v.batch.readings
+        rows = [
+            (r.device_id, r.seq, gw, seq, r.site_id, r.t_device_ms, r.t_gateway_ms, received_ms,
+             r.clock.value, r.temperature_c, r.humidity_pct, r.shock_g, r.battery_v, r.anomaly_score,
+             ",".join(r.flags), r.shipment_id, ",".join(r.lot_ids))
+            for r in readings_of
+        ]  # fmt: skip
+        lines = reading_lines(
+            readings_of, gateway_id=gw, profile_of=self._profile_cached, prefixes=self._line_prefixes
+        )
+        return Prepared(rows, [self._sample(r) for r in readings_of], lines)
 
     def store(self, checked: Checked, *, transport: str) -> list[IngestResult]:
         """Store checked frames in one transaction and dead-letter the refused; a result for each."""
@@ -308,9 +421,7 @@ class Ingestor:
         refused = list(checked.refused)
         try:
             if checked.good:
-                stored, refused_in_store = self._store(
-                    checked.good, received_ms=checked.received_ms, transport=transport
-                )
+                stored, refused_in_store = self._store(checked, transport=transport)
                 for i, result in stored.items():
                     results[i] = result
                 refused += refused_in_store
@@ -357,9 +468,10 @@ class Ingestor:
 
     # -- the transaction ---------------------------------------------------------------------------
     def _store(
-        self, good: list[tuple[int, Verified]], *, received_ms: int, transport: str
+        self, checked: Checked, *, transport: str
     ) -> tuple[dict[int, IngestResult], list[tuple[int, Rejected]]]:
         """Store verified frames in one transaction: results by index, and those refused here."""
+        good, received_ms = checked.good, checked.received_ms
         results: dict[int, IngestResult] = {}
         refused: list[tuple[int, Rejected]] = []
         with self.engine.begin() as conn:
@@ -381,14 +493,15 @@ class Ingestor:
                     accepted.append((i, v))
             if not accepted:
                 return results, refused
-            new_of = self._store_readings(conn, [v for _, v in accepted], received_ms=received_ms,
-                                          transport=transport)  # fmt: skip
-            new = [r for readings_of_frame in new_of for r in readings_of_frame]
-            self.resolve_profiles(conn, new)
-            outcome = self.rules.apply(conn, [self._sample(r) for r in new], now_ms=received_ms)
-            self._spool(conn, [v for _, v in accepted], new_of, received_ms=received_ms)
+            new_of = self._store_readings(
+                conn, [(v, checked.prepared[i]) for i, v in accepted], received_ms=received_ms,
+                transport=transport,
+            )  # fmt: skip
+            outcome = self.rules.apply(conn, [s for f in new_of for s in f.samples], now_ms=received_ms)
+            self._spool(conn, new_of, received_ms=received_ms)
             counts = [(v, len(fresh)) for (_, v), fresh in zip(accepted, new_of, strict=True)]
             chain.save(conn, accepted=counts, received_ms=received_ms)
+        new = [r for f in new_of for r in f.readings]
         self._count(sum(len(v.batch.readings) for _, v in accepted), new, outcome, received_ms)
         for (i, v), fresh in zip(accepted, new_of, strict=True):
             results[i] = IngestResult(
@@ -482,45 +595,32 @@ class Ingestor:
             clear_gap_alert(conn, gw, now_ms=received_ms)
 
     def _store_readings(
-        self, conn: Connection, accepted: list[Verified], *, received_ms: int, transport: str
-    ) -> list[list[Reading]]:
+        self, conn: Connection, accepted: list[tuple[Verified, Prepared]], *, received_ms: int, transport: str
+    ) -> list[_Fresh]:
         """Store the frames' batch rows, readings, markers and devices; each frame's new readings.
 
         A reading stored before (or earlier in this transaction, by another gateway that heard the
         same device) is not new: it belongs to the frame that stored it first.
         """
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         seen: set[tuple[str, int]] = set()
-        for v in accepted:
-            gw, seq = v.batch.gateway_id, v.batch.batch_seq
-            for r in v.batch.readings:
-                key = (r.device_id, r.seq)
-                if key in seen:
-                    continue
-                seen.add(key)
-                rows.append({
-                    "device_id": r.device_id, "seq": r.seq, "gateway_id": gw, "batch_seq": seq,
-                    "site_id": r.site_id, "t_device_ms": r.t_device_ms, "t_gateway_ms": r.t_gateway_ms,
-                    "received_ms": received_ms, "clock": r.clock, "temperature_c": r.temperature_c,
-                    "humidity_pct": r.humidity_pct, "shock_g": r.shock_g, "battery_v": r.battery_v,
-                    "anomaly_score": r.anomaly_score, "flags": ",".join(r.flags),
-                    "shipment_id": r.shipment_id, "lot_ids": ",".join(r.lot_ids),
-                })  # fmt: skip
-        new_keys: dict[tuple[str, int], int] = {}
+        for _, prepared in accepted:
+            for row in prepared.rows:
+                key = (row[0], row[1])
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row)
+        stored: set[tuple[str, int]] = set()
         if rows and conn.dialect.name == "postgresql":
-            result = conn.execute(_INSERT_READINGS_PG, json_rows(rows))
-            new_keys = {(row.device_id, row.seq): 0 for row in result}
+            stored = _insert_new_readings_pg(conn, rows)
         elif rows:
             stmt = insert_ignoring(conn, readings, keys=("device_id", "seq")).returning(
                 readings.c.device_id, readings.c.seq
             )
             # One statement per chunk; SQLAlchemy batches executemany + RETURNING ("insertmanyvalues").
-            new_keys = {(row.device_id, row.seq): 0 for row in conn.execute(stmt, rows)}
-        # pop: a reading repeated in a later frame of this transaction is not new there
-        new_of = [
-            [r for r in v.batch.readings if new_keys.pop((r.device_id, r.seq), None) is not None]
-            for v in accepted
-        ]
+            result = conn.execute(stmt, [dict(zip(READING_COLUMNS, row, strict=True)) for row in rows])
+            stored = {(row.device_id, row.seq) for row in result}
+        new_of = [_Fresh(v, prepared, _new_indexes(prepared.rows, stored)) for v, prepared in accepted]
         conn.execute(
             insert(batches),
             [
@@ -528,22 +628,22 @@ class Ingestor:
                  "prev_hash": v.batch.prev_hash, "created_ms": v.batch.created_ms, "received_ms": received_ms,
                  "readings": len(v.batch.readings), "accepted": len(new), "markers": len(v.batch.markers),
                  "transport": transport}
-                for v, new in zip(accepted, new_of, strict=True)
+                for (v, _), new in zip(accepted, new_of, strict=True)
             ],
         )  # fmt: skip
         marker_rows = [
             {"gateway_id": v.batch.gateway_id, "batch_seq": v.batch.batch_seq, "device_id": m.device_id,
              "kind": m.kind.value, "seq_from": m.seq_from, "seq_to": m.seq_to, "count": m.count,
              "t_from_ms": m.t_from_ms, "t_to_ms": m.t_to_ms}
-            for v in accepted
+            for v, _ in accepted
             for m in v.batch.markers
         ]  # fmt: skip
         if marker_rows:
             conn.execute(insert(markers), marker_rows)
-        self._update_devices(conn, [(v.batch.gateway_id, n) for v, n in zip(accepted, new_of, strict=True)])
+        self._update_devices(conn, [(f.frame.batch.gateway_id, f.readings) for f in new_of])
         return new_of
 
-    def _update_devices(self, conn: Connection, new_by_gateway: list[tuple[str, list[Reading]]]) -> None:
+    def _update_devices(self, conn: Connection, new_by_gateway: list[tuple[str, Sequence[Reading]]]) -> None:
         newest: dict[str, tuple[str, Reading]] = {}
         counts: dict[str, int] = {}
         for gw, new in new_by_gateway:
@@ -564,19 +664,25 @@ class Ingestor:
         _UPSERT_DEVICES(conn, rows)
 
     # -- rules and telemetry -------------------------------------------------------------------------
-    def resolve_profiles(self, conn: Connection, new: list[Reading]) -> None:
-        """Cache the product profile each reading's subject protects (unregistered subjects: none)."""
+    def _resolve_profiles(self, new: Sequence[Reading]) -> None:
+        """Cache the product profile each reading's subject protects (unregistered subjects: none,
+        asked again for the next batch that names them)."""
+        unknown: dict[str, Reading] = {}
         for r in new:
             key = subject_key(r.shipment_id, r.lot_ids)
-            if key is None or key in self._profiles:
-                continue
-            if r.shipment_id is not None:
-                query = select(shipments.c.profile).where(shipments.c.shipment_id == r.shipment_id)
-            else:
-                query = select(lots.c.profile).where(lots.c.lot_id == r.lot_ids[0])
-            profile = conn.execute(query).scalar_one_or_none()
-            if profile is not None:
-                self._profiles[key] = ProfileName(profile)
+            if key is not None and key not in self._profiles:
+                unknown.setdefault(key, r)
+        if not unknown:
+            return
+        with self.engine.connect() as conn:
+            for key, r in unknown.items():
+                if r.shipment_id is not None:
+                    query = select(shipments.c.profile).where(shipments.c.shipment_id == r.shipment_id)
+                else:
+                    query = select(lots.c.profile).where(lots.c.lot_id == r.lot_ids[0])
+                profile = conn.execute(query).scalar_one_or_none()
+                if profile is not None:
+                    self._profiles[key] = ProfileName(profile)
 
     def _sample(self, r: Reading) -> Sample:
         subject = subject_key(r.shipment_id, r.lot_ids)
@@ -590,9 +696,7 @@ class Ingestor:
         subject = subject_key(r.shipment_id, r.lot_ids)
         return None if subject is None else self._profiles.get(subject)
 
-    def _spool(
-        self, conn: Connection, accepted: list[Verified], new_of: list[list[Reading]], *, received_ms: int
-    ) -> None:
+    def _spool(self, conn: Connection, new_of: list[_Fresh], *, received_ms: int) -> None:
         """The transaction's points, as one spool row: readings, thinning markers, one per batch."""
         parts: list[str] = []
         points = 0
@@ -601,14 +705,19 @@ class Ingestor:
         # A series holds one point per timestamp: one gateway's batches stored together are stamped
         # 1 ms apart, or each would overwrite the one before (a drain stores up to a group of them).
         stamped: Counter[str] = Counter()
-        for v, new in zip(accepted, new_of, strict=True):
-            batch = v.batch
+        for fresh in new_of:
+            batch = fresh.frame.batch
             site = batch.readings[0].site_id if batch.readings else None
             offset = stamped[batch.gateway_id]
             stamped[batch.gateway_id] += 1
+            lines = fresh.prepared.lines
+            if fresh.indexes is not None:
+                lines = reading_lines(
+                    fresh.readings, gateway_id=batch.gateway_id, profile_of=self._profile_cached,
+                    prefixes=self._line_prefixes,
+                )  # fmt: skip
             parts += [
-                reading_lines(new, gateway_id=batch.gateway_id, profile_of=self._profile_cached,
-                              prefixes=self._line_prefixes),
+                lines,
                 marker_lines(batch.markers, gateway_id=batch.gateway_id, site_id=site),
                 batch_line(
                     gateway_id=batch.gateway_id, site_id=site, batch_seq=batch.batch_seq,
@@ -616,7 +725,7 @@ class Ingestor:
                     lag_ms=max(0, received_ms - batch.created_ms), received_ms=received_ms + offset,
                 ),
             ]  # fmt: skip
-            points += len(new) + len(batch.markers) + 1
+            points += len(fresh) + len(batch.markers) + 1
         conn.execute(
             insert(telemetry_spool).values(
                 created_ms=received_ms, lines="\n".join(p for p in parts if p), points=points,
@@ -624,12 +733,11 @@ class Ingestor:
             )
         )  # fmt: skip
 
-    def _count(self, received: int, new: list[Reading], outcome: RuleOutcome, now_ms: int) -> None:
+    def _count(self, received: int, new: Sequence[Reading], outcome: RuleOutcome, now_ms: int) -> None:
         m = self.metrics
         m.readings.labels("accepted").inc(len(new))
         m.readings.labels("duplicate").inc(received - len(new))
-        for r in new:
-            m.lag_seconds.observe(max(0, now_ms - r.t_device_ms) / 1000)
+        m.lag_seconds.observe_many([max(0, now_ms - r.t_device_ms) / 1000 for r in new])
         m.alerts_raised.inc(outcome.alerts_raised)
         m.holds_placed.inc(outcome.holds_placed)
         m.glitches.inc(outcome.glitches_flagged)

@@ -112,7 +112,6 @@ readings = Table(
     Column("lot_ids", Text, nullable=False, server_default=""),  # comma-joined, sorted
     Index(None, "device_id", "t_device_ms"),
     Index(None, "shipment_id", "t_device_ms"),
-    Index(None, "gateway_id", "batch_seq"),
 )
 
 devices = Table(

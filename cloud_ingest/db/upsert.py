@@ -7,7 +7,20 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, Text, bindparam, cast, column, func, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Float,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    column,
+    func,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -94,3 +107,40 @@ class BulkUpsert:
             upsert(conn, self.table, rows, keys=self.keys, update=self.update)
             return
         conn.execute(self._pg, json_rows(rows))
+
+
+def _copy_type(table: Table, name: str) -> str:
+    kind = table.c[name].type
+    if isinstance(kind, (BigInteger, Integer)):
+        return "int8" if isinstance(kind, BigInteger) else "int4"
+    if isinstance(kind, Float):
+        return "float8"
+    if isinstance(kind, String):  # Text and VARCHAR take the same binary form
+        return "text"
+    raise TypeError(f"no COPY type for {table.name}.{name} ({kind})")
+
+
+class BinaryCopy:
+    """PostgreSQL: append rows to a table with ``COPY … FROM STDIN (FORMAT BINARY)``.
+
+    The cheapest way into PostgreSQL for both sides: for a group of 32,000 readings it took 8-10 us
+    of the server's time per row, against 17-19 for ``INSERT … SELECT FROM json_to_recordset … ON
+    CONFLICT DO NOTHING`` (which also spends the worker's CPU writing the JSON). COPY has no ``ON
+    CONFLICT``: the caller leaves out the rows it knows exist, and a unique violation (a row another
+    transaction committed meanwhile) fails the whole COPY.
+    """
+
+    def __init__(self, table: Table, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._sql = f"COPY {table.name} ({', '.join(self.names)}) FROM STDIN (FORMAT BINARY)"
+        self._types = [_copy_type(table, n) for n in self.names]
+
+    def __call__(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write ``rows`` (tuples in ``names`` order) inside ``conn``'s transaction."""
+        if not rows:
+            return
+        driver = conn.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(self._sql) as copy:  # type: ignore[union-attr]
+            copy.set_types(self._types)
+            for row in rows:
+                copy.write_row(row)

@@ -14,6 +14,7 @@ excursion alert is recorded on that alert's history instead of raising a second 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -48,13 +49,46 @@ class RuleOutcome:
     """Stored readings re-read to place late ones in context."""
 
 
-def subjects_of(subject: str) -> list[tuple[SubjectType, str]]:
-    """``"shipment:S"`` or ``"lot:A,lot:B"`` as (type, id) pairs."""
+@functools.lru_cache(maxsize=65536)
+def subjects_of(subject: str) -> tuple[tuple[SubjectType, str], ...]:
+    """``"shipment:S"`` or ``"lot:A,lot:B"`` as (type, id) pairs (cached: asked for every reading)."""
     out = []
     for part in subject.split(","):
         kind, _, ident = part.partition(":")
         out.append((SubjectType(kind), ident))
-    return out
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """A profile's allowed range of each quantity, as :meth:`Threshold.excess` judges it (limits
+    included); a missing bound allows anything."""
+
+    temperature_low: float
+    temperature_high: float
+    humidity_high: float
+    shock_high: float
+
+    @classmethod
+    def of(cls, rules: dict[RuleId, Threshold]) -> _Range:
+        """The range ``rules`` allow."""
+
+        def limit(rule_id: RuleId, default: float) -> float:
+            rule = rules.get(rule_id)
+            return default if rule is None else rule.limit
+
+        inf = float("inf")
+        return cls(limit(RuleId.TEMP_LOW, -inf), limit(RuleId.TEMP_HIGH, inf),
+                   limit(RuleId.HUMIDITY_HIGH, inf), limit(RuleId.SHOCK, inf))  # fmt: skip
+
+    def holds(self, s: Sample) -> bool:
+        """No threshold of the profile is breached by ``s``."""
+        t, h, g = s.temperature_c, s.humidity_pct, s.shock_g
+        return (
+            (t is None or self.temperature_low <= t <= self.temperature_high)
+            and (h is None or h <= self.humidity_high)
+            and (g is None or g <= self.shock_high)
+        )
 
 
 class RuleEngine:
@@ -63,6 +97,7 @@ class RuleEngine:
     def __init__(self, settings: RuleSettings) -> None:
         self.settings = settings
         self._thresholds = {p: thresholds_for(p, settings) for p in ProfileName}
+        self._ranges = {p: _Range.of(rules) for p, rules in self._thresholds.items()}
         self._gap_ms = round(settings.max_sample_gap_s * 1000)
         self._lookback_ms = round(settings.recompute_lookback_s * 1000)
 
@@ -103,6 +138,8 @@ class RuleEngine:
             else:
                 series = new
                 prev_t = newest if newest >= 0 else None
+                if self._all_in_range(device_states, series):
+                    continue
             for rule_id in THRESHOLD_RULES:
                 result: Advance = advance(
                     device_states[rule_id], rule_id, partial(self.threshold, rule_id), series
@@ -119,6 +156,25 @@ class RuleEngine:
         self._apply_budgets(conn, budget_add, samples, now_ms, outcome)
         self._apply_mkt(conn, samples, now_ms, outcome)
         return outcome
+
+    def _all_in_range(self, states: dict[RuleId, RunState], series: list[Sample]) -> bool:
+        """The common case, in one pass: no run is open and every reading is within its profile's
+        range, so nothing can fire, end or count against a budget; only each rule's newest time
+        moves. False (and ``states`` untouched) when the full evaluation is needed."""
+        if any(st.start_ms is not None for st in states.values()):
+            return False
+        ranges = self._ranges
+        for s in series:
+            box = ranges[s.profile]  # type: ignore[index]  # only bound, profiled samples get here
+            if not box.holds(s):
+                return False
+        for rule_id, st in states.items():
+            for s in reversed(series):
+                rule = self._thresholds[s.profile].get(rule_id)  # type: ignore[index]
+                if rule is not None and getattr(s, rule.quantity) is not None:
+                    st.last_t_ms = max(st.last_t_ms, s.t_ms)
+                    break
+        return True
 
     # -- run state ---------------------------------------------------------------------------------
     def _load_states(self, conn: Connection, device_ids: list[str]) -> dict[str, dict[RuleId, RunState]]:

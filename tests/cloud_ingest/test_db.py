@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
-from cloud_ingest.db.engine import migrate, normalise_url
+from cloud_ingest.db.engine import alembic_config, migrate, normalise_url
 from cloud_ingest.db.tables import metadata
 
 
@@ -19,8 +21,22 @@ def test_migrated_schema_matches_the_tables(engine: Engine) -> None:
 
 def test_migrating_twice_changes_nothing(engine: Engine) -> None:
     migrate(engine)
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0002"
+
+
+def _reading_indexes(engine: Engine) -> set[str]:
+    return {str(ix["name"]) for ix in inspect(engine).get_indexes("readings")}
+
+
+def test_revision_0002_drops_the_readings_batch_index_and_back(engine: Engine) -> None:
+    assert "ix_readings_gateway_id_batch_seq" not in _reading_indexes(engine)
+    command.downgrade(alembic_config(engine), "0001")
+    assert "ix_readings_gateway_id_batch_seq" in _reading_indexes(engine)
+    migrate(engine)
+    assert "ix_readings_gateway_id_batch_seq" not in _reading_indexes(engine)
+    assert "ix_readings_device_id_t_device_ms" in _reading_indexes(engine)
 
 
 def test_postgres_urls_use_psycopg3() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
+from cloud_ingest.db.engine import open_database
 from cloud_ingest.db.tables import (
     alerts,
     batches,
@@ -17,13 +21,15 @@ from cloud_ingest.db.tables import (
     telemetry_spool,
 )
 from cloud_ingest.housekeeping import housekeep
-from cloud_ingest.ingest import Inbound, Ingestor, IngestResult, Outcome
+from cloud_ingest.ingest import READING_COLUMNS, Inbound, Ingestor, IngestResult, Outcome
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.registry import revoke_gateway
 from cloud_ingest.settings import CloudSettings
 from cloud_ingest.verify import IngestReject
 from coldtrace.contract.batch import HEADER_BYTES, frame_hash
 from tests.cloud_ingest.builders import T0, GatewaySim, count_rows, reading, series
+from tests.cloud_ingest.conftest import fresh_postgres_url
+from tests.harness.postgres import Postgres
 
 
 @pytest.fixture
@@ -67,6 +73,46 @@ def test_a_reading_already_stored_through_another_batch_is_not_stored_twice(
     result = send(ingestor, gw.frame([reading("dev-1", 1, T0, 4.0), reading("dev-1", 2, T0 + 1000, 4.1)]))
     assert (result.readings_new, result.readings_duplicate) == (1, 1)
     assert count_rows(engine, readings) == 2
+
+
+@pytest.mark.services
+def test_a_reading_another_worker_commits_during_the_copy_is_left_to_it(postgres: Postgres) -> None:
+    """The race the binary COPY cannot settle by itself (PostgreSQL only: SQLite writers never overlap):
+    the reading was not stored when the group looked, and another transaction commits it while the
+    COPY waits on its key."""
+    engine = open_database(fresh_postgres_url(postgres))
+    ingestor = Ingestor(engine, CloudSettings(), metrics=CloudMetrics(), clock=lambda: T0 + 3_600_000)
+    gw = GatewaySim()
+    gw.register(engine)
+    frame = gw.frame(list(series("dev-1", [4.0, 4.5, 5.0])))
+    other = engine.connect()
+    other.begin()
+    row = dict.fromkeys(READING_COLUMNS) | {
+        "device_id": "dev-1", "seq": 2, "gateway_id": "gw-9", "batch_seq": 1, "site_id": "site-1",
+        "t_device_ms": T0, "t_gateway_ms": T0, "received_ms": T0, "clock": "ok", "temperature_c": 4.5,
+        "flags": "", "lot_ids": "",
+    }  # fmt: skip
+    other.execute(readings.insert().values(**row))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        storing = pool.submit(send, ingestor, frame)
+        with engine.connect() as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(_WAITING_ON_A_LOCK).scalar_one():
+                assert not storing.done(), storing.result()
+                assert time.monotonic() < deadline, "the COPY never waited on the uncommitted reading"
+        other.commit()
+        result = storing.result(timeout=30)
+    other.close()
+    assert (result.outcome, result.readings_new, result.readings_duplicate) == (Outcome.ACCEPTED, 2, 1)
+    with engine.connect() as conn:
+        stored = conn.execute(select(readings.c.seq, readings.c.gateway_id).order_by(readings.c.seq)).all()
+    assert [tuple(r) for r in stored] == [(1, "gw-1"), (2, "gw-9"), (3, "gw-1")]
+    engine.dispose()
+
+
+_WAITING_ON_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
 
 
 def _reject(

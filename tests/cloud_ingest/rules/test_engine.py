@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+from collections import defaultdict
+from functools import partial
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from cloud_ingest.db.tables import alert_events, alerts, budgets, holds, outbox_events
 from cloud_ingest.ingest import Ingestor, Outcome
 from cloud_ingest.metrics import CloudMetrics
+from cloud_ingest.rules.engine import RuleEngine
+from cloud_ingest.rules.limits import THRESHOLD_RULES, RuleId
+from cloud_ingest.rules.runs import RunState, Sample, advance
 from cloud_ingest.settings import CloudSettings, RuleSettings
 from coldtrace.contract.reading import Flag
 from coldtrace.profiles import ProfileName
@@ -196,3 +205,53 @@ def test_a_backfill_behind_an_open_breach_replays_the_lookback_to_keep_the_true_
     assert [(a.rule_id, a.started_ms) for a in found] == [("temp_high", T0 + 10 * MINUTE)]
     replayed = ingestor.metrics.registry.get_sample_value("coldtrace_cloud_rules_replayed_readings_total")
     assert replayed == 15 + 5  # everything stored within the lookback
+
+
+@st.composite
+def _quiet_case(draw: st.DrawFn) -> tuple[dict[RuleId, RunState], list[Sample]]:
+    """States with no open run and a device-time-ordered series, its values near every profile's limits."""
+    near = st.sampled_from([-25.0, -15.0, -0.01, 0.0, 2.0, 4.0, 5.5, 8.0, 8.01, 50.0, 60.0, 75.0, 100.0])
+    maybe = st.one_of(st.none(), near)
+    shock = st.one_of(st.none(), st.sampled_from([0.0, 3.0, 10.0, 11.0]))
+    states = {rule: RunState(last_t_ms=draw(st.integers(-1, 50))) for rule in THRESHOLD_RULES}
+    times = sorted(draw(st.lists(st.integers(100, 10_000), min_size=1, max_size=8)))
+    series = [
+        Sample("d", i, t, draw(maybe), draw(maybe), draw(shock),
+               draw(st.booleans()), "shipment:S", draw(st.sampled_from(list(ProfileName))))
+        for i, t in enumerate(times)
+    ]  # fmt: skip
+    return states, series
+
+
+@given(_quiet_case())
+def test_the_in_range_shortcut_agrees_with_advancing_every_rule(
+    case: tuple[dict[RuleId, RunState], list[Sample]],
+) -> None:
+    states, series = case
+    engine = RuleEngine(RuleSettings())
+    fast = copy.deepcopy(states)
+    took = engine._all_in_range(fast, series)
+    full = copy.deepcopy(states)
+    outputs = [advance(full[rule], rule, partial(engine.threshold, rule), series) for rule in THRESHOLD_RULES]
+    budget: dict[tuple[str, str], int] = defaultdict(int)
+    engine._budget(series, None, budget)
+    if took:
+        assert fast == full
+        assert all(not (o.firings or o.endings or o.glitches) for o in outputs)
+        assert not any(budget.values())
+    else:
+        assert fast == states  # untouched: the full evaluation runs
+
+
+def test_the_in_range_shortcut_is_taken_only_with_no_run_open_and_every_value_in_range() -> None:
+    engine = RuleEngine(RuleSettings())
+    ok = [
+        Sample("d", i, 1000 * i, 5.0, 50.0, 0.5, False, "shipment:S", ProfileName.VACCINES) for i in range(3)
+    ]
+    states = {rule: RunState() for rule in THRESHOLD_RULES}
+    assert engine._all_in_range(states, ok)
+    assert states[RuleId.TEMP_HIGH].last_t_ms == 2000
+    states[RuleId.TEMP_HIGH].start_ms = 0
+    assert not engine._all_in_range(states, ok)
+    warm = [*ok, Sample("d", 3, 3000, 8.01, None, None, False, "shipment:S", ProfileName.VACCINES)]
+    assert not engine._all_in_range({rule: RunState() for rule in THRESHOLD_RULES}, warm)
