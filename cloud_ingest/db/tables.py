@@ -129,6 +129,8 @@ devices = Table(
     Column("clock_skew_ms", BigInteger, nullable=False),
     Column("firmware", String(64), nullable=True),
     Column("readings_total", BigInteger, nullable=False, server_default="0"),
+    # The highest sequence stored: newer readings need no look-up to be known new (see ingest).
+    Column("max_seq", BigInteger, nullable=False, server_default="-1"),
 )
 
 markers = Table(
