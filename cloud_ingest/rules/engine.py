@@ -178,16 +178,19 @@ class RuleEngine:
 
     # -- run state ---------------------------------------------------------------------------------
     def _load_states(self, conn: Connection, device_ids: list[str]) -> dict[str, dict[RuleId, RunState]]:
-        states: dict[str, dict[RuleId, RunState]] = {
-            d: {rule: RunState() for rule in THRESHOLD_RULES} for d in device_ids
-        }
+        # A live worker loads a few thousand of these per group: positional rows and a dict for the
+        # rule ids (not RuleId(...)), and a fresh state only where none is stored.
+        states: dict[str, dict[RuleId, RunState]] = {d: {} for d in device_ids}
         rows = conn.execute(_LOAD_STATES[conn.dialect.name], {"device_ids": device_ids})
-        for row in rows:
-            states[row.device_id][RuleId(row.rule_id)] = RunState(
-                last_t_ms=row.last_t_ms, start_ms=row.run_start_ms, last_ms=row.run_last_ms,
-                count=row.run_count, glitches=row.run_glitches, peak=row.run_peak or 0.0,
-                subject=row.subject, fired=row.fired, touched=False,
-            )  # fmt: skip
+        for device_id, rule_id, last_t, start, last, count, glitches, peak, subject, fired in rows:
+            states[device_id][_RULE_IDS[rule_id]] = RunState(
+                last_t, start, last, count, glitches, peak or 0.0, subject, fired, False
+            )
+        for per_rule in states.values():
+            if len(per_rule) < len(THRESHOLD_RULES):
+                for rule in THRESHOLD_RULES:
+                    if rule not in per_rule:
+                        per_rule[rule] = RunState()
         return states
 
     def _save_states(self, conn: Connection, states: dict[str, dict[RuleId, RunState]]) -> None:
@@ -481,16 +484,18 @@ _ADD_MKT = BulkUpsert(
     mkt_buckets, names=("subject", "hour_ms", "sum_exp", "n"), keys=("subject", "hour_ms"),
     update=lambda ex: {"sum_exp": mkt_buckets.c.sum_exp + ex.sum_exp, "n": mkt_buckets.c.n + ex.n},
 )  # fmt: skip
+_RULE_IDS = {rule.value: rule for rule in RuleId}
+_STATE_SELECT = select(*(rule_state.c[name] for name in _STATE_COLUMNS))
 _LOAD_STATES = {
     # PostgreSQL takes the devices as one array parameter: the statement's text is then the same for
     # any number of devices, and psycopg parses it once. An expanded IN list is new text for every
     # group size, parsed again each time: 11 % of a busy worker's CPU with 2,000 devices (py-spy).
-    "postgresql": select(rule_state)
-    .where(rule_state.c.device_id == any_(bindparam("device_ids", type_=ARRAY(String))))
-    .with_for_update(),
-    "sqlite": select(rule_state)
-    .where(rule_state.c.device_id.in_(bindparam("device_ids", expanding=True)))
-    .with_for_update(),
+    "postgresql": _STATE_SELECT.where(
+        rule_state.c.device_id == any_(bindparam("device_ids", type_=ARRAY(String)))
+    ).with_for_update(),
+    "sqlite": _STATE_SELECT.where(
+        rule_state.c.device_id.in_(bindparam("device_ids", expanding=True))
+    ).with_for_update(),
 }
 _NEWEST_MKT = (
     select(mkt_buckets.c.subject, func.max(mkt_buckets.c.hour_ms).label("newest"))
