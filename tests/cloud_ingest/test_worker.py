@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from sqlalchemy import Engine
@@ -15,7 +16,7 @@ from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.settings import BrokerSettings, CloudSettings, TelemetrySettings
 from cloud_ingest.spool import SpoolDrainer
 from cloud_ingest.telemetry import TelemetryUnavailable, TelemetryWriter
-from cloud_ingest.worker import Worker
+from cloud_ingest.worker import Worker, tune_gc
 from coldtrace.contract.topics import gateway_batches, shared_gateway_batches
 from coldtrace.mqtt import BrokerUrl, MqttClient, TlsFiles
 from tests.cloud_ingest.builders import T0, GatewaySim, count_rows, series
@@ -175,3 +176,14 @@ async def _drain_backlog(tmp_path, pki, identity, mosquitto_tls) -> None:  # typ
     assert 40 / 16 <= transactions < 40  # grouped, never above the group limit
     assert count_rows(engine, readings) == 80
     engine.dispose()
+
+
+def test_tune_gc_sets_the_young_threshold_and_freezes_what_exists() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(123_456)
+        assert gc.get_threshold() == (123_456, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
