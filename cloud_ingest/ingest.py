@@ -188,29 +188,20 @@ class _Chain:
     def load(cls, conn: Connection, frames: list[Verified]) -> _Chain:
         """Lock the frames' gateway rows (in id order, so two workers cannot deadlock) and read."""
         ids = sorted({v.batch.gateway_id for v in frames})
-        rows = {
-            row.gateway_id: row
-            for row in conn.execute(
-                select(gateways).where(gateways.c.gateway_id.in_(ids)).order_by(gateways.c.gateway_id)
-                .with_for_update()
-            )
-        }  # fmt: skip
-        revoked = set(
-            conn.execute(
-                select(gateway_keys.c.key_id).where(
-                    gateway_keys.c.key_id.in_(sorted({v.key_id.hex() for v in frames})),
-                    gateway_keys.c.revoked_ms.is_not(None),
-                )
-            ).scalars()
-        )
+        key_ids = sorted({v.key_id.hex() for v in frames})
         near = sorted({(v.batch.gateway_id, v.batch.batch_seq + d) for v in frames for d in (-1, 0, 1)})
+        statements = _CHAIN_STATEMENTS[conn.dialect.name]
+        rows = {row.gateway_id: row for row in conn.execute(statements.gateways, {"ids": ids})}
+        revoked = set(conn.execute(statements.revoked, {"key_ids": key_ids}).scalars())
+        near_params = (
+            {"gws": [g for g, _ in near], "seqs": [q for _, q in near]}
+            if conn.dialect.name == "postgresql"
+            else {"near": near}
+        )
         links = {
-            (row.gateway_id, row.batch_seq): _Link(row.frame_hash, row.prev_hash)
-            for row in conn.execute(
-                select(batches.c.gateway_id, batches.c.batch_seq, batches.c.frame_hash, batches.c.prev_hash)
-                .where(tuple_(batches.c.gateway_id, batches.c.batch_seq).in_(near))
-            )
-        }  # fmt: skip
+            (gw, seq): _Link(frame_hash, prev_hash)
+            for gw, seq, frame_hash, prev_hash in conn.execute(statements.links, near_params)
+        }
         return cls(
             gateways=rows, revoked_keys=revoked, links=links,
             head_seq={gw: row.head_seq for gw, row in rows.items()},
@@ -241,6 +232,43 @@ class _Chain:
             ],
         )  # fmt: skip
 
+
+@dataclass(frozen=True, slots=True)
+class _ChainStatements:
+    gateways: Any
+    revoked: Any
+    links: Any
+
+
+_LINK_COLUMNS = (batches.c.gateway_id, batches.c.batch_seq, batches.c.frame_hash, batches.c.prev_hash)
+# Built once. PostgreSQL gets arrays: the text stays the same for any number of gateways, so psycopg
+# prepares it once, where an expanded IN list is new text (and compiled again) for every group size.
+_CHAIN_STATEMENTS = {
+    "postgresql": _ChainStatements(
+        gateways=select(gateways).where(gateways.c.gateway_id == any_(bindparam("ids", type_=ARRAY(String))))
+        .order_by(gateways.c.gateway_id).with_for_update(),
+        revoked=select(gateway_keys.c.key_id).where(
+            gateway_keys.c.key_id == any_(bindparam("key_ids", type_=ARRAY(String))),
+            gateway_keys.c.revoked_ms.is_not(None),
+        ),
+        links=text(
+            "SELECT b.gateway_id, b.batch_seq, b.frame_hash, b.prev_hash"
+            " FROM unnest(CAST(:gws AS text[]), CAST(:seqs AS bigint[])) AS k(g, s)"
+            " JOIN batches b ON b.gateway_id = k.g AND b.batch_seq = k.s"
+        ),
+    ),
+    "sqlite": _ChainStatements(
+        gateways=select(gateways).where(gateways.c.gateway_id.in_(bindparam("ids", expanding=True)))
+        .order_by(gateways.c.gateway_id).with_for_update(),
+        revoked=select(gateway_keys.c.key_id).where(
+            gateway_keys.c.key_id.in_(bindparam("key_ids", expanding=True)),
+            gateway_keys.c.revoked_ms.is_not(None),
+        ),
+        links=select(*_LINK_COLUMNS).where(
+            tuple_(batches.c.gateway_id, batches.c.batch_seq).in_(bindparam("near", expanding=True))
+        ),
+    ),
+}  # fmt: skip
 
 _SAVE_HEAD = (
     update(gateways)
@@ -294,7 +322,8 @@ def _insert_new_readings_pg(conn: Connection, rows: list[tuple[Any, ...]]) -> se
         stored = {(d, seq) for d, seq in found}
     fresh = [row for row in rows if (row[0], row[1]) not in stored] if stored else rows
     try:
-        with conn.begin_nested():
+        # The driver's own savepoint: lighter than SQLAlchemy's begin_nested, paid once a group.
+        with conn.connection.driver_connection.transaction():  # type: ignore[union-attr]
             _COPY_READINGS(conn, fresh)
     except psycopg.errors.UniqueViolation:
         logger.info("a reading of this group was stored meanwhile by another worker; inserting the rest")

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, func, select
 
@@ -454,7 +455,7 @@ class RuleEngine:
         """Per subject: its newest hour, the sums over the MKT window that ends there and the hours in
         it that hold readings (one query)."""
         window_ms = self.settings.mkt_window_h * HOUR_MS
-        rows = conn.execute(_MKT_TOTALS, {"subjects": subjects, "window_ms": window_ms})
+        rows = conn.execute(_MKT_TOTALS[conn.dialect.name], {"subjects": subjects, "window_ms": window_ms})
         return {row[0]: (int(row[1]), float(row[2]), int(row[3]), int(row[4])) for row in rows}
 
     @staticmethod
@@ -497,22 +498,34 @@ _LOAD_STATES = {
         rule_state.c.device_id.in_(bindparam("device_ids", expanding=True))
     ).with_for_update(),
 }
-_NEWEST_MKT = (
-    select(mkt_buckets.c.subject, func.max(mkt_buckets.c.hour_ms).label("newest"))
-    .where(mkt_buckets.c.subject.in_(bindparam("subjects", expanding=True)))
-    .group_by(mkt_buckets.c.subject)
-    .subquery()
-)
-_NEWEST = _NEWEST_MKT.c
-_MKT_TOTALS = (
-    select(_NEWEST.subject, _NEWEST.newest, func.sum(mkt_buckets.c.sum_exp), func.sum(mkt_buckets.c.n),
-           func.count())
-    .join_from(_NEWEST_MKT, mkt_buckets, and_(
-        mkt_buckets.c.subject == _NEWEST.subject,
-        mkt_buckets.c.hour_ms > _NEWEST.newest - bindparam("window_ms"),
-    ))
-    .group_by(_NEWEST.subject, _NEWEST.newest)
-)  # fmt: skip
+
+
+def _mkt_totals_query(in_subjects: Any) -> Any:
+    """Per subject: its newest hour and the sums over the window that ends there."""
+    newest = (
+        select(mkt_buckets.c.subject, func.max(mkt_buckets.c.hour_ms).label("newest"))
+        .where(in_subjects)
+        .group_by(mkt_buckets.c.subject)
+        .subquery()
+    )
+    return (
+        select(newest.c.subject, newest.c.newest, func.sum(mkt_buckets.c.sum_exp), func.sum(mkt_buckets.c.n),
+               func.count())
+        .join_from(newest, mkt_buckets, and_(
+            mkt_buckets.c.subject == newest.c.subject,
+            mkt_buckets.c.hour_ms > newest.c.newest - bindparam("window_ms"),
+        ))
+        .group_by(newest.c.subject, newest.c.newest)
+    )  # fmt: skip
+
+
+# An array on PostgreSQL, as for _LOAD_STATES.
+_MKT_TOTALS = {
+    "postgresql": _mkt_totals_query(
+        mkt_buckets.c.subject == any_(bindparam("subjects", type_=ARRAY(String)))
+    ),
+    "sqlite": _mkt_totals_query(mkt_buckets.c.subject.in_(bindparam("subjects", expanding=True))),
+}
 _OPEN_ALERTS = select(alerts.c.dedupe_key).where(
     alerts.c.dedupe_key.in_(bindparam("keys", expanding=True)), alerts.c.workflow != alert_ops.Workflow.CLOSED
 )
