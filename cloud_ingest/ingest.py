@@ -408,10 +408,11 @@ class Ingestor:
         return self.store(self.check(frames), transport=transport)
 
     def check(self, frames: Sequence[Inbound]) -> Checked:
-        """Verify each frame (identity, key, signature, schema): CPU work outside any transaction.
+        """Verify each frame (identity, key, signature, schema) and prepare what storing the good
+        ones needs (:class:`Prepared`): CPU work outside any transaction.
 
         A worker checks the next group while the previous one commits. Raises StoreUnavailable when
-        a key must be read from the database and cannot be.
+        a key or a subject's profile must be read from the database and cannot be.
         """
         started = time.perf_counter()
         checked = Checked(frames, good=[], refused=[], received_ms=self._clock(), started=started)
