@@ -344,6 +344,27 @@ def _new_indexes(rows: list[tuple[Any, ...]], stored: set[tuple[str, int]]) -> l
     return None if len(taken) == len(rows) else taken
 
 
+# The devices of a transaction's new readings, locked in key order, with the newest device time the
+# rules have seen of each: one worker at a time evaluates a device's readings.
+_LOCK_DEVICES = {
+    "postgresql": select(devices.c.device_id, devices.c.rules_t_ms)
+    .where(devices.c.device_id == any_(bindparam("ids", type_=ARRAY(String))))
+    .order_by(devices.c.device_id)
+    .with_for_update(),
+    "sqlite": select(devices.c.device_id, devices.c.rules_t_ms)
+    .where(devices.c.device_id.in_(bindparam("ids", expanding=True)))
+    .order_by(devices.c.device_id)
+    .with_for_update(),
+}
+
+
+def _lock_devices(conn: Connection, device_ids: set[str]) -> dict[str, int]:
+    """Lock the devices' rows (those that exist) and read ``rules_t_ms``."""
+    if not device_ids:
+        return {}
+    return dict(conn.execute(_LOCK_DEVICES[conn.dialect.name], {"ids": sorted(device_ids)}).all())
+
+
 def _newer(ex: Any, name: str) -> Any:
     # Keep the newest reading's values: batches of one device may arrive out of order.
     return case((ex.last_seen_ms >= devices.c.last_seen_ms, ex[name]), else_=devices.c[name])
@@ -352,7 +373,7 @@ def _newer(ex: Any, name: str) -> Any:
 _UPSERT_DEVICES = BulkUpsert(
     devices,
     names=("device_id", "gateway_id", "site_id", "last_seen_ms", "last_t_device_ms", "last_seq", "battery_v",
-           "temperature_c", "clock", "clock_skew_ms", "readings_total", "max_seq"),
+           "temperature_c", "clock", "clock_skew_ms", "readings_total", "max_seq", "rules_t_ms"),
     keys=("device_id",),
     update=lambda ex: {
         **{c: _newer(ex, c) for c in ("gateway_id", "site_id", "last_seen_ms", "last_t_device_ms",
@@ -360,6 +381,7 @@ _UPSERT_DEVICES = BulkUpsert(
         "battery_v": _newer(ex, "battery_v"), "temperature_c": _newer(ex, "temperature_c"),
         "readings_total": devices.c.readings_total + ex.readings_total,
         "max_seq": case((ex.max_seq > devices.c.max_seq, ex.max_seq), else_=devices.c.max_seq),
+        "rules_t_ms": case((ex.rules_t_ms > devices.c.rules_t_ms, ex.rules_t_ms), else_=devices.c.rules_t_ms),
     },
 )  # fmt: skip
 
@@ -532,7 +554,12 @@ class Ingestor:
                 conn, [(v, checked.prepared[i]) for i, v in accepted], received_ms=received_ms,
                 transport=transport,
             )  # fmt: skip
-            outcome = self.rules.apply(conn, [s for f in new_of for s in f.samples], now_ms=received_ms)
+            newest = _lock_devices(conn, {r.device_id for f in new_of for r in f.readings})
+            outcome = self.rules.apply(
+                conn, [s for f in new_of for s in f.samples], newest=newest, now_ms=received_ms
+            )
+            # After the rules, which needed each device's newest time from before these readings.
+            self._update_devices(conn, [(f.frame.batch.gateway_id, f.readings) for f in new_of])
             self._spool(conn, new_of, received_ms=received_ms)
             counts = [(v, len(fresh)) for (_, v), fresh in zip(accepted, new_of, strict=True)]
             chain.save(conn, accepted=counts, received_ms=received_ms)
@@ -632,7 +659,7 @@ class Ingestor:
     def _store_readings(
         self, conn: Connection, accepted: list[tuple[Verified, Prepared]], *, received_ms: int, transport: str
     ) -> list[_Fresh]:
-        """Store the frames' batch rows, readings, markers and devices; each frame's new readings.
+        """Store the frames' batch rows, readings and markers; each frame's new readings.
 
         A reading stored before (or earlier in this transaction, by another gateway that heard the
         same device) is not new: it belongs to the frame that stored it first.
@@ -675,18 +702,20 @@ class Ingestor:
         ]  # fmt: skip
         if marker_rows:
             conn.execute(insert(markers), marker_rows)
-        self._update_devices(conn, [(f.frame.batch.gateway_id, f.readings) for f in new_of])
         return new_of
 
     def _update_devices(self, conn: Connection, new_by_gateway: list[tuple[str, Sequence[Reading]]]) -> None:
         newest: dict[str, tuple[str, Reading]] = {}
         counts: dict[str, int] = {}
         highest: dict[str, int] = {}
+        latest: dict[str, int] = {}
         for gw, new in new_by_gateway:
             for r in new:
                 counts[r.device_id] = counts.get(r.device_id, 0) + 1
                 if r.seq > highest.get(r.device_id, -1):
                     highest[r.device_id] = r.seq
+                if r.t_device_ms > latest.get(r.device_id, -1):
+                    latest[r.device_id] = r.t_device_ms
                 best = newest.get(r.device_id)
                 if best is None or (r.t_gateway_ms, r.seq) > (best[1].t_gateway_ms, best[1].seq):
                     newest[r.device_id] = (gw, r)
@@ -695,9 +724,10 @@ class Ingestor:
                 "device_id": d, "gateway_id": gw, "site_id": r.site_id, "last_seen_ms": r.t_gateway_ms,
                 "last_t_device_ms": r.t_device_ms, "last_seq": r.seq, "battery_v": r.battery_v,
                 "temperature_c": r.temperature_c, "clock": r.clock.value, "clock_skew_ms": r.skew_ms,
-                "readings_total": counts[d], "max_seq": highest[d],
+                "readings_total": counts[d], "max_seq": highest[d], "rules_t_ms": latest[d],
             }
-            for d, (gw, r) in newest.items()
+            # In key order, as _lock_devices locks them: two workers cannot deadlock on new rows.
+            for d, (gw, r) in sorted(newest.items())
         ]  # fmt: skip
         _UPSERT_DEVICES(conn, rows)
 

@@ -131,6 +131,9 @@ devices = Table(
     Column("readings_total", BigInteger, nullable=False, server_default="0"),
     # The highest sequence stored: newer readings need no look-up to be known new (see ingest).
     Column("max_seq", BigInteger, nullable=False, server_default="-1"),
+    # The newest device time of its readings: a reading older than this is late, and the rules
+    # replay the device's history around it (see rules.engine).
+    Column("rules_t_ms", BigInteger, nullable=False, server_default="-1"),
 )
 
 markers = Table(

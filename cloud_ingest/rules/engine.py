@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -113,8 +113,14 @@ class RuleEngine:
         return self._thresholds[sample.profile].get(rule_id)
 
     # -- entry point -------------------------------------------------------------------------------
-    def apply(self, conn: Connection, samples: Sequence[Sample], *, now_ms: int) -> RuleOutcome:
-        """Evaluate ``samples`` (this batch's new, bound readings) and act on what they show."""
+    def apply(
+        self, conn: Connection, samples: Sequence[Sample], *, newest: Mapping[str, int], now_ms: int
+    ) -> RuleOutcome:
+        """Evaluate ``samples`` (this batch's new, bound readings) and act on what they show.
+
+        ``newest``: each device's newest device time before these readings (``devices.rules_t_ms``,
+        read under the row lock the caller holds); a device missing from it has none.
+        """
         outcome = RuleOutcome()
         by_device: dict[str, list[Sample]] = defaultdict(list)
         for s in samples:
@@ -123,14 +129,15 @@ class RuleEngine:
         if not by_device:
             return outcome
         states = self._load_states(conn, list(by_device))
+        stored = {(d, rule) for d, per_rule in states.items() for rule, st in per_rule.items() if st.is_open}
         firings: list[Firing] = []
         endings = []
         budget_add: dict[tuple[str, str], int] = defaultdict(int)
         for device_id, new in by_device.items():
             new.sort(key=lambda s: (s.t_ms, s.seq))
             device_states = states[device_id]
-            newest = max((st.last_t_ms for st in device_states.values()), default=-1)
-            if new[0].t_ms <= newest:
+            newest_t = newest.get(device_id, -1)
+            if new[0].t_ms <= newest_t:
                 series = self._history(conn, device_id, new)
                 outcome.replayed_readings += sum(not s.new for s in series)
                 device_states = {rule: RunState() for rule in THRESHOLD_RULES}
@@ -138,7 +145,7 @@ class RuleEngine:
                 prev_t = None
             else:
                 series = new
-                prev_t = newest if newest >= 0 else None
+                prev_t = newest_t if newest_t >= 0 else None
                 if self._all_in_range(device_states, series):
                     continue
             for rule_id in THRESHOLD_RULES:
@@ -149,7 +156,7 @@ class RuleEngine:
                 endings += result.endings
                 outcome.glitches_flagged += result.glitches
             self._budget(series, prev_t, budget_add)
-        self._save_states(conn, states)
+        self._save_states(conn, states, stored)
         for firing in firings:
             self._fire(conn, firing, now_ms, outcome)
         for ending in endings:
@@ -161,7 +168,8 @@ class RuleEngine:
     def _all_in_range(self, states: dict[RuleId, RunState], series: list[Sample]) -> bool:
         """The common case, in one pass: no run is open and every reading is within its profile's
         range, so nothing can fire, end or count against a budget; only each rule's newest time
-        moves. False (and ``states`` untouched) when the full evaluation is needed."""
+        moves (in memory: a state without an open run is not stored). False (and ``states``
+        untouched) when the full evaluation is needed."""
         if any(st.start_ms is not None for st in states.values()):
             return False
         ranges = self._ranges
@@ -179,8 +187,8 @@ class RuleEngine:
 
     # -- run state ---------------------------------------------------------------------------------
     def _load_states(self, conn: Connection, device_ids: list[str]) -> dict[str, dict[RuleId, RunState]]:
-        # A live worker loads a few thousand of these per group: positional rows and a dict for the
-        # rule ids (not RuleId(...)), and a fresh state only where none is stored.
+        # Only open runs are stored; a device without one gets fresh states. Positional rows and a
+        # dict for the rule ids (not RuleId(...)): a group can load thousands.
         states: dict[str, dict[RuleId, RunState]] = {d: {} for d in device_ids}
         rows = conn.execute(_LOAD_STATES[conn.dialect.name], {"device_ids": device_ids})
         for device_id, rule_id, last_t, start, last, count, glitches, peak, subject, fired in rows:
@@ -194,25 +202,32 @@ class RuleEngine:
                         per_rule[rule] = RunState()
         return states
 
-    def _save_states(self, conn: Connection, states: dict[str, dict[RuleId, RunState]]) -> None:
+    def _save_states(
+        self, conn: Connection, states: dict[str, dict[RuleId, RunState]], stored: set[tuple[str, RuleId]]
+    ) -> None:
+        """Store the open runs and delete the ones that were stored (``stored``) and have ended.
+
+        A state without an open run holds nothing the next batch needs: the device's newest time
+        lives in ``devices.rules_t_ms``. So in-range readings write no rule state at all.
+        """
         rows = [
             {
-                "device_id": device_id,
-                "rule_id": rule_id.value,
-                "last_t_ms": st.last_t_ms,
-                "run_start_ms": st.start_ms,
-                "run_last_ms": st.last_ms,
-                "run_count": st.count,
-                "run_glitches": st.glitches,
-                "run_peak": st.peak,
-                "subject": st.subject,
-                "fired": st.fired,
+                "device_id": device_id, "rule_id": rule_id.value, "last_t_ms": st.last_t_ms,
+                "run_start_ms": st.start_ms, "run_last_ms": st.last_ms, "run_count": st.count,
+                "run_glitches": st.glitches, "run_peak": st.peak, "subject": st.subject, "fired": st.fired,
             }
             for device_id, per_rule in states.items()
             for rule_id, st in per_rule.items()
-            if st.last_t_ms >= 0
-        ]
+            if st.is_open
+        ]  # fmt: skip
         _SAVE_STATES(conn, rows)
+        ended = [
+            {"d": device_id, "r": rule_id.value}
+            for device_id, rule_id in stored
+            if not states[device_id][rule_id].is_open
+        ]
+        if ended:
+            conn.execute(_DELETE_STATE, ended)
 
     def _history(self, conn: Connection, device_id: str, new: list[Sample]) -> list[Sample]:
         """The device's stored readings from where a replay must start, with ``new`` marked as new."""
@@ -486,6 +501,9 @@ _ADD_MKT = BulkUpsert(
     update=lambda ex: {"sum_exp": mkt_buckets.c.sum_exp + ex.sum_exp, "n": mkt_buckets.c.n + ex.n},
 )  # fmt: skip
 _RULE_IDS = {rule.value: rule for rule in RuleId}
+_DELETE_STATE = rule_state.delete().where(
+    rule_state.c.device_id == bindparam("d"), rule_state.c.rule_id == bindparam("r")
+)
 _STATE_SELECT = select(*(rule_state.c[name] for name in _STATE_COLUMNS))
 _LOAD_STATES = {
     # PostgreSQL takes the devices as one array parameter: the statement's text is then the same for

@@ -49,6 +49,11 @@ class RunState:
     touched: bool = False
     """The open run holds a new reading (not persisted: only replays need it)."""
 
+    @property
+    def is_open(self) -> bool:
+        """A run is under way (fired or not): the only state worth storing."""
+        return self.start_ms is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Firing:

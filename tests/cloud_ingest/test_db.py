@@ -23,7 +23,7 @@ def test_migrating_twice_changes_nothing(engine: Engine) -> None:
     migrate(engine)
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0003"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0004"
 
 
 def _reading_indexes(engine: Engine) -> set[str]:
@@ -67,3 +67,26 @@ def test_revision_0003_sets_each_devices_highest_stored_sequence(engine: Engine)
     with engine.connect() as conn:
         got = dict(conn.execute(text("SELECT device_id, max_seq FROM devices")).all())
     assert got == {"d-1": 7, "d-2": 1, "d-3": -1}
+
+
+def test_revision_0004_moves_the_newest_time_to_the_device_and_keeps_only_open_runs(engine: Engine) -> None:
+    command.downgrade(alembic_config(engine), "0003")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO devices (device_id, gateway_id, site_id, last_seen_ms, last_t_device_ms,"
+                " last_seq, clock, clock_skew_ms) VALUES ('d-1', 'g', 's', 1, 1, 1, 'ok', 0)"
+            )
+        )
+        for rule, last_t, start in [("temp_high", 500, 400), ("temp_low", 700, None), ("shock", 600, None)]:
+            conn.execute(
+                text(
+                    "INSERT INTO rule_state (device_id, rule_id, last_t_ms, run_start_ms, run_count,"
+                    " run_glitches, fired) VALUES ('d-1', :r, :t, :s, 0, 0, false)"
+                ),
+                {"r": rule, "t": last_t, "s": start},
+            )
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT rules_t_ms FROM devices")).scalar_one() == 700
+        assert conn.execute(text("SELECT rule_id FROM rule_state")).scalars().all() == ["temp_high"]

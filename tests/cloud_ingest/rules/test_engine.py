@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
-from cloud_ingest.db.tables import alert_events, alerts, budgets, holds, outbox_events
+from cloud_ingest.db.tables import alert_events, alerts, budgets, devices, holds, outbox_events, rule_state
 from cloud_ingest.ingest import Ingestor, Outcome
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.rules.engine import RuleEngine
@@ -255,3 +255,19 @@ def test_the_in_range_shortcut_is_taken_only_with_no_run_open_and_every_value_in
     assert not engine._all_in_range(states, ok)
     warm = [*ok, Sample("d", 3, 3000, 8.01, None, None, False, "shipment:S", ProfileName.VACCINES)]
     assert not engine._all_in_range({rule: RunState() for rule in THRESHOLD_RULES}, warm)
+
+
+def test_only_open_runs_are_stored_and_the_newest_time_is_kept_on_the_device(
+    engine: Engine, cloud: tuple[Ingestor, GatewaySim]
+) -> None:
+    ingestor, gw = cloud
+    send_all(ingestor, gw, list(series("dev-1", [5.0, 5.5, 9.0])))  # a breach begins at minute 2
+    with engine.connect() as conn:
+        states = conn.execute(select(rule_state.c.rule_id, rule_state.c.run_start_ms)).all()
+        newest = conn.execute(select(devices.c.rules_t_ms)).scalar_one()
+    assert [tuple(s) for s in states] == [("temp_high", T0 + 2 * MINUTE)]
+    assert newest == T0 + 2 * MINUTE
+    send_all(ingestor, gw, list(series("dev-1", [5.0], start_ms=T0 + 3 * MINUTE, first_seq=4)))
+    with engine.connect() as conn:
+        assert conn.execute(select(rule_state)).all() == []  # the run ended: nothing left to store
+        assert conn.execute(select(devices.c.rules_t_ms)).scalar_one() == T0 + 3 * MINUTE
