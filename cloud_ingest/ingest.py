@@ -29,11 +29,8 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Engine,
-    String,
-    any_,
     bindparam,
     case,
     delete,
@@ -45,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from cloud_ingest.db.listparam import DIALECTS, one_of
 from cloud_ingest.db.tables import (
     batches,
     chain_gaps,
@@ -241,34 +239,32 @@ class _ChainStatements:
 
 
 _LINK_COLUMNS = (batches.c.gateway_id, batches.c.batch_seq, batches.c.frame_hash, batches.c.prev_hash)
-# Built once. PostgreSQL gets arrays: the text stays the same for any number of gateways, so psycopg
-# prepares it once, where an expanded IN list is new text (and compiled again) for every group size.
-_CHAIN_STATEMENTS = {
-    "postgresql": _ChainStatements(
-        gateways=select(gateways).where(gateways.c.gateway_id == any_(bindparam("ids", type_=ARRAY(String))))
-        .order_by(gateways.c.gateway_id).with_for_update(),
-        revoked=select(gateway_keys.c.key_id).where(
-            gateway_keys.c.key_id == any_(bindparam("key_ids", type_=ARRAY(String))),
-            gateway_keys.c.revoked_ms.is_not(None),
-        ),
-        links=text(
+
+
+def _chain_statements(dialect: str) -> _ChainStatements:
+    links: Any = (
+        text(
             "SELECT b.gateway_id, b.batch_seq, b.frame_hash, b.prev_hash"
             " FROM unnest(CAST(:gws AS text[]), CAST(:seqs AS bigint[])) AS k(g, s)"
             " JOIN batches b ON b.gateway_id = k.g AND b.batch_seq = k.s"
-        ),
-    ),
-    "sqlite": _ChainStatements(
-        gateways=select(gateways).where(gateways.c.gateway_id.in_(bindparam("ids", expanding=True)))
+        )
+        if dialect == "postgresql"
+        else select(*_LINK_COLUMNS).where(
+            tuple_(batches.c.gateway_id, batches.c.batch_seq).in_(bindparam("near", expanding=True))
+        )
+    )
+    return _ChainStatements(
+        gateways=select(gateways).where(one_of(dialect, gateways.c.gateway_id, "ids"))
         .order_by(gateways.c.gateway_id).with_for_update(),
         revoked=select(gateway_keys.c.key_id).where(
-            gateway_keys.c.key_id.in_(bindparam("key_ids", expanding=True)),
-            gateway_keys.c.revoked_ms.is_not(None),
+            one_of(dialect, gateway_keys.c.key_id, "key_ids"), gateway_keys.c.revoked_ms.is_not(None)
         ),
-        links=select(*_LINK_COLUMNS).where(
-            tuple_(batches.c.gateway_id, batches.c.batch_seq).in_(bindparam("near", expanding=True))
-        ),
-    ),
-}  # fmt: skip
+        links=links,
+    )  # fmt: skip
+
+
+# Built once (see one_of for why PostgreSQL gets arrays).
+_CHAIN_STATEMENTS = {d: _chain_statements(d) for d in DIALECTS}
 
 _SAVE_HEAD = (
     update(gateways)
@@ -286,7 +282,7 @@ READING_COLUMNS = tuple(str(c.name) for c in readings.columns)
 _COPY_READINGS = BinaryCopy(readings, READING_COLUMNS)
 # Each device's highest stored sequence (a primary-key look-up per device).
 _MAX_SEQ_PG = select(devices.c.device_id, devices.c.max_seq).where(
-    devices.c.device_id == any_(bindparam("ids", type_=ARRAY(String)))
+    one_of("postgresql", devices.c.device_id, "ids")
 )
 # Which of some keys are stored: equality on the whole primary key, one look-up each.
 _STORED_READINGS_PG = text(
@@ -327,9 +323,14 @@ def _insert_new_readings_pg(conn: Connection, rows: list[tuple[Any, ...]]) -> se
             _COPY_READINGS(conn, fresh)
     except psycopg.errors.UniqueViolation:
         logger.info("a reading of this group was stored meanwhile by another worker; inserting the rest")
-        named = [dict(zip(READING_COLUMNS, row, strict=True)) for row in fresh]
-        return {(row.device_id, row.seq) for row in conn.execute(_INSERT_READINGS_PG, json_rows(named))}
+        result = conn.execute(_INSERT_READINGS_PG, json_rows(_named(fresh)))
+        return {(row.device_id, row.seq) for row in result}
     return {(row[0], row[1]) for row in fresh}
+
+
+def _named(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """``READING_COLUMNS`` tuples as dicts, for the statements that take named rows."""
+    return [dict(zip(READING_COLUMNS, row, strict=True)) for row in rows]
 
 
 def _new_indexes(rows: list[tuple[Any, ...]], stored: set[tuple[str, int]]) -> list[int] | None:
@@ -347,14 +348,11 @@ def _new_indexes(rows: list[tuple[Any, ...]], stored: set[tuple[str, int]]) -> l
 # The devices of a transaction's new readings, locked in key order, with the newest device time the
 # rules have seen of each: one worker at a time evaluates a device's readings.
 _LOCK_DEVICES = {
-    "postgresql": select(devices.c.device_id, devices.c.rules_t_ms)
-    .where(devices.c.device_id == any_(bindparam("ids", type_=ARRAY(String))))
+    d: select(devices.c.device_id, devices.c.rules_t_ms)
+    .where(one_of(d, devices.c.device_id, "ids"))
     .order_by(devices.c.device_id)
-    .with_for_update(),
-    "sqlite": select(devices.c.device_id, devices.c.rules_t_ms)
-    .where(devices.c.device_id.in_(bindparam("ids", expanding=True)))
-    .order_by(devices.c.device_id)
-    .with_for_update(),
+    .with_for_update()
+    for d in DIALECTS
 }
 
 
@@ -363,6 +361,11 @@ def _lock_devices(conn: Connection, device_ids: set[str]) -> dict[str, int]:
     if not device_ids:
         return {}
     return dict(conn.execute(_LOCK_DEVICES[conn.dialect.name], {"ids": sorted(device_ids)}).all())
+
+
+def _greater(ex: Any, name: str) -> Any:
+    # The larger of the stored value and the new one (portable: SQLite has no GREATEST).
+    return case((ex[name] > devices.c[name], ex[name]), else_=devices.c[name])
 
 
 def _newer(ex: Any, name: str) -> Any:
@@ -380,8 +383,7 @@ _UPSERT_DEVICES = BulkUpsert(
                                        "last_seq", "clock", "clock_skew_ms")},
         "battery_v": _newer(ex, "battery_v"), "temperature_c": _newer(ex, "temperature_c"),
         "readings_total": devices.c.readings_total + ex.readings_total,
-        "max_seq": case((ex.max_seq > devices.c.max_seq, ex.max_seq), else_=devices.c.max_seq),
-        "rules_t_ms": case((ex.rules_t_ms > devices.c.rules_t_ms, ex.rules_t_ms), else_=devices.c.rules_t_ms),
+        "max_seq": _greater(ex, "max_seq"), "rules_t_ms": _greater(ex, "rules_t_ms"),
     },
 )  # fmt: skip
 
@@ -680,7 +682,7 @@ class Ingestor:
                 readings.c.device_id, readings.c.seq
             )
             # One statement per chunk; SQLAlchemy batches executemany + RETURNING ("insertmanyvalues").
-            result = conn.execute(stmt, [dict(zip(READING_COLUMNS, row, strict=True)) for row in rows])
+            result = conn.execute(stmt, _named(rows))
             stored = {(row.device_id, row.seq) for row in result}
         new_of = [_Fresh(v, prepared, _new_indexes(prepared.rows, stored)) for v, prepared in accepted]
         conn.execute(

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, func, select
+from sqlalchemy import Connection, and_, bindparam, func, select
 
 from cloud_ingest import alerts as alert_ops
 from cloud_ingest.alerts import AlertSpec, Severity, dedupe_key
+from cloud_ingest.db.listparam import DIALECTS, one_of
 from cloud_ingest.db.tables import alert_events, alerts, budgets, mkt_buckets, readings, rule_state
 from cloud_ingest.db.upsert import BulkUpsert
 from cloud_ingest.holds import HoldSource, SubjectType, place_hold
@@ -170,7 +171,7 @@ class RuleEngine:
         range, so nothing can fire, end or count against a budget; only each rule's newest time
         moves (in memory: a state without an open run is not stored). False (and ``states``
         untouched) when the full evaluation is needed."""
-        if any(st.start_ms is not None for st in states.values()):
+        if any(st.is_open for st in states.values()):
             return False
         ranges = self._ranges
         for s in series:
@@ -506,15 +507,8 @@ _DELETE_STATE = rule_state.delete().where(
 )
 _STATE_SELECT = select(*(rule_state.c[name] for name in _STATE_COLUMNS))
 _LOAD_STATES = {
-    # PostgreSQL takes the devices as one array parameter: the statement's text is then the same for
-    # any number of devices, and psycopg parses it once. An expanded IN list is new text for every
-    # group size, parsed again each time: 11 % of a busy worker's CPU with 2,000 devices (py-spy).
-    "postgresql": _STATE_SELECT.where(
-        rule_state.c.device_id == any_(bindparam("device_ids", type_=ARRAY(String)))
-    ).with_for_update(),
-    "sqlite": _STATE_SELECT.where(
-        rule_state.c.device_id.in_(bindparam("device_ids", expanding=True))
-    ).with_for_update(),
+    d: _STATE_SELECT.where(one_of(d, rule_state.c.device_id, "device_ids")).with_for_update()
+    for d in DIALECTS
 }
 
 
@@ -537,13 +531,7 @@ def _mkt_totals_query(in_subjects: Any) -> Any:
     )  # fmt: skip
 
 
-# An array on PostgreSQL, as for _LOAD_STATES.
-_MKT_TOTALS = {
-    "postgresql": _mkt_totals_query(
-        mkt_buckets.c.subject == any_(bindparam("subjects", type_=ARRAY(String)))
-    ),
-    "sqlite": _mkt_totals_query(mkt_buckets.c.subject.in_(bindparam("subjects", expanding=True))),
-}
+_MKT_TOTALS = {d: _mkt_totals_query(one_of(d, mkt_buckets.c.subject, "subjects")) for d in DIALECTS}
 _OPEN_ALERTS = select(alerts.c.dedupe_key).where(
     alerts.c.dedupe_key.in_(bindparam("keys", expanding=True)), alerts.c.workflow != alert_ops.Workflow.CLOSED
 )
