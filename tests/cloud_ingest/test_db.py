@@ -23,7 +23,7 @@ def test_migrating_twice_changes_nothing(engine: Engine) -> None:
     migrate(engine)
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0004"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0005"
 
 
 def _reading_indexes(engine: Engine) -> set[str]:
@@ -90,3 +90,22 @@ def test_revision_0004_moves_the_newest_time_to_the_device_and_keeps_only_open_r
     with engine.connect() as conn:
         assert conn.execute(text("SELECT rules_t_ms FROM devices")).scalar_one() == 700
         assert conn.execute(text("SELECT rule_id FROM rule_state")).scalars().all() == ["temp_high"]
+
+
+def test_revision_0005_compresses_the_spools_line_protocol_with_lz4_on_postgresql(engine: Engine) -> None:
+    query = text(
+        "SELECT attcompression FROM pg_attribute"
+        " WHERE attrelid = 'telemetry_spool'::regclass AND attname = 'lines'"
+    )
+    if engine.dialect.name != "postgresql":
+        # SQLite has no per-column compression: the revision must leave its schema alone.
+        test_migrated_schema_matches_the_tables(engine)
+        return
+    with engine.connect() as conn:
+        assert conn.execute(query).scalar() == "l"
+    command.downgrade(alembic_config(engine), "0004")
+    with engine.connect() as conn:
+        assert conn.execute(query).scalar() == "p"
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(query).scalar() == "l"
