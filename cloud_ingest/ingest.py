@@ -12,7 +12,8 @@ shared subscriptions, batches of one gateway can arrive on different workers out
 still open after ``chain_gap_grace_s`` raises a gateway alert (see :mod:`cloud_ingest.gaps`).
 
 The time-series points go into ``telemetry_spool`` in the same transaction: committed readings are
-always eventually written to InfluxDB, by whichever worker drains the spool.
+always eventually written to InfluxDB, by whichever worker drains the spool (a worker's own drainer
+is handed them in memory as they commit, :class:`~cloud_ingest.spool.Handoff`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.rules.engine import RuleEngine, RuleOutcome, subject_key
 from cloud_ingest.rules.runs import Sample
 from cloud_ingest.settings import CloudSettings
+from cloud_ingest.spool import Chunk, Handoff
 from cloud_ingest.telemetry.lineproto import PrefixKey, batch_line, marker_lines, reading_lines
 from cloud_ingest.verify import IngestReject, KeyRing, Rejected, Verified, verify
 from coldtrace.clock import wall_ms
@@ -408,6 +410,8 @@ class Ingestor:
         self._clock = clock
         self._profiles: dict[str, ProfileName] = {}
         self._line_prefixes: dict[PrefixKey, str] = {}
+        self.handoff: Handoff | None = None
+        """Where committed spool chunks go to this worker's drainer; None: through the table only."""
 
     def now_ms(self) -> int:
         """The ingestor's clock (UTC milliseconds)."""
@@ -562,9 +566,11 @@ class Ingestor:
             )
             # After the rules, which needed each device's newest time from before these readings.
             self._update_devices(conn, [(f.frame.batch.gateway_id, f.readings) for f in new_of])
-            self._spool(conn, new_of, received_ms=received_ms)
+            handed = self._spool(conn, new_of, received_ms=received_ms)
             counts = [(v, len(fresh)) for (_, v), fresh in zip(accepted, new_of, strict=True)]
             chain.save(conn, accepted=counts, received_ms=received_ms)
+        if handed is not None and self.handoff is not None:
+            self.handoff.offer(handed)  # committed
         new = [r for f in new_of for r in f.readings]
         self._count(sum(len(v.batch.readings) for _, v in accepted), new, outcome, received_ms)
         for (i, v), fresh in zip(accepted, new_of, strict=True):
@@ -766,8 +772,12 @@ class Ingestor:
         subject = subject_key(r.shipment_id, r.lot_ids)
         return None if subject is None else self._profiles.get(subject)
 
-    def _spool(self, conn: Connection, new_of: list[_Fresh], *, received_ms: int) -> None:
-        """The transaction's points, as one spool row: readings, thinning markers, one per batch."""
+    def _spool(self, conn: Connection, new_of: list[_Fresh], *, received_ms: int) -> Chunk | None:
+        """The transaction's points, as one spool row: readings, thinning markers, one per batch.
+
+        Returns the chunk to hand to this worker's drainer once the transaction commits, when it
+        has room: the row is then leased to this worker. Otherwise the row is due at once.
+        """
         parts: list[str] = []
         points = 0
         if len(self._line_prefixes) > LINE_PREFIXES_MAX:
@@ -796,12 +806,16 @@ class Ingestor:
                 ),
             ]  # fmt: skip
             points += len(fresh) + len(batch.markers) + 1
-        conn.execute(
+        lines = "\n".join(p for p in parts if p)
+        handoff = self.handoff
+        lease_ms = handoff.lease_ms if handoff is not None and handoff.has_room() else None
+        row_id = conn.execute(
             insert(telemetry_spool).values(
-                created_ms=received_ms, lines="\n".join(p for p in parts if p), points=points,
-                next_attempt_ms=0,
-            )
-        )  # fmt: skip
+                created_ms=received_ms, lines=lines, points=points,
+                next_attempt_ms=0 if lease_ms is None else received_ms + lease_ms,
+            ).returning(telemetry_spool.c.id)
+        ).scalar_one()  # fmt: skip
+        return None if lease_ms is None else Chunk((row_id,), lines, points)
 
     def _count(self, received: int, new: Sequence[Reading], outcome: RuleOutcome, now_ms: int) -> None:
         m = self.metrics

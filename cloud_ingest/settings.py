@@ -55,6 +55,12 @@ class TelemetrySettings(BaseModel):
     retry_max_s: Annotated[float, Field(gt=0)] = 30.0
     lease_s: Annotated[float, Field(gt=0)] = 60.0
     """A worker that dies (or loses the database) mid-write leaves its chunk to others after this long."""
+    poll_s: Annotated[float, Field(gt=0)] = 0.2
+    """How often a drainer with nothing to write looks at the spool again (its own chunks it is
+    handed as they commit)."""
+    handoff_chunks: Annotated[int, Field(ge=0)] = 4
+    """Committed chunks a worker hands to its own drainer in memory at most; 0 sends every chunk
+    through the table."""
 
 
 class RuleSettings(BaseModel):

@@ -22,7 +22,7 @@ from cloud_ingest.housekeeping import run_housekeeping
 from cloud_ingest.ingest import Ingestor
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.settings import CloudSettings
-from cloud_ingest.spool import SpoolDrainer
+from cloud_ingest.spool import Handoff, SpoolDrainer
 from cloud_ingest.telemetry import TelemetryWriter
 from cloud_ingest.webhooks import WebhookDispatcher, WebhookMetrics
 from coldtrace.metrics_server import serve
@@ -81,7 +81,13 @@ class Worker:
             tg.create_task(run_housekeeping(self.engine, s, self.metrics), name="housekeeping")
             tg.create_task(webhooks.run(interval_s=s.housekeeping_interval_s), name="webhooks")
             if writer is not None:
-                self.drainer = SpoolDrainer(self.engine, writer, s.telemetry, metrics=self.metrics)
+                handoff = None
+                if s.telemetry.handoff_chunks:
+                    handoff = Handoff(max_chunks=s.telemetry.handoff_chunks,
+                                      lease_ms=round(s.telemetry.lease_s * 1000))  # fmt: skip
+                self.ingestor.handoff = handoff
+                self.drainer = SpoolDrainer(self.engine, writer, s.telemetry, metrics=self.metrics,
+                                            handoff=handoff)  # fmt: skip
                 tg.create_task(self.drainer.run(), name="spool-drain")
             if s.broker is not None:
                 client_id = f"{s.broker.client_id}-{self.instance}"

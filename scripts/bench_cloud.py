@@ -250,6 +250,8 @@ class TimedIngestor(Ingestor):
         self.seconds: list[float] = []
         self.group_sizes: list[int] = []
         self.readings_new = self.rejected = 0
+        self.cpu_check = self.cpu_store = 0.0
+        """CPU seconds of the threads verifying and storing (the rest of the drain's: the event loop)."""
         self.core = core
         self.first = self.cpu_first = self.done = self.cpu_done = self.busy_first = self.busy_done = 0.0
 
@@ -259,14 +261,20 @@ class TimedIngestor(Ingestor):
             if not self.first:
                 self.first, self.cpu_first = time.monotonic(), time.process_time()
                 self.busy_first = core_busy_s(self.core)
+        started = time.thread_time()
         with self._profiled():
-            return super().check(frames)
+            checked = super().check(frames)
+        with self._lock:
+            self.cpu_check += time.thread_time() - started
+        return checked
 
     def store(self, checked: Checked, *, transport: str) -> list[IngestResult]:
         """Store a group as the worker would; times it from the start of its check."""
+        started = time.thread_time()
         with self._profiled():
             results = super().store(checked, transport=transport)
         with self._lock:
+            self.cpu_store += time.thread_time() - started
             self.seconds.append(time.perf_counter() - checked.started)
             self.group_sizes.append(len(checked.frames))
             self.readings_new += sum(r.readings_new for r in results)
@@ -357,6 +365,8 @@ async def worker_child(cfg: dict[str, Any]) -> None:
             0.0, ingestor.busy_done - ingestor.busy_first - (ingestor.cpu_done - ingestor.cpu_first)
         ),
         "cpu_spool_s": cpu_spooled - ingestor.cpu_first,
+        "cpu_check_s": ingestor.cpu_check,
+        "cpu_store_s": ingestor.cpu_store,
         "cpu_total_s": time.process_time(),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "store_p50_ms": percentile(seconds, 50) * 1000,

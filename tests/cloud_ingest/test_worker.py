@@ -6,7 +6,7 @@ import asyncio
 import gc
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from certs.pki import IssuedIdentity, Pki, Role
 from cloud_ingest.db.engine import open_database
@@ -14,7 +14,7 @@ from cloud_ingest.db.tables import readings, telemetry_spool
 from cloud_ingest.ingest import Ingestor
 from cloud_ingest.metrics import CloudMetrics
 from cloud_ingest.settings import BrokerSettings, CloudSettings, TelemetrySettings
-from cloud_ingest.spool import SpoolDrainer
+from cloud_ingest.spool import Handoff, SpoolDrainer
 from cloud_ingest.telemetry import TelemetryUnavailable, TelemetryWriter
 from cloud_ingest.worker import Worker, tune_gc
 from coldtrace.contract.topics import gateway_batches, shared_gateway_batches
@@ -125,6 +125,136 @@ async def _spool_through_outage(engine: Engine, victoriametrics: VictoriaMetrics
         until=lambda s: sum(len(x["values"]) for x in s) == 6,
     )
     assert sum(len(s["values"]) for s in exported) == 6
+
+
+# -- the hand-off: a worker's own chunks go to its drainer in memory -----------------------------------
+LEASE_MS = 60_000
+
+
+def _handing_ingestor(engine: Engine, handoff: Handoff, gateway: str, device: str, frames: int) -> Ingestor:
+    """An ingestor (clock at T0) that hands its chunks to ``handoff``, after storing ``frames``
+    batches of two readings of ``device``."""
+    sim = GatewaySim(gateway_id=gateway)
+    sim.register(engine)
+    ingestor = Ingestor(engine, CloudSettings(), metrics=CloudMetrics(), clock=lambda: T0)
+    ingestor.handoff = handoff
+    for i in range(frames):
+        ingestor.ingest(
+            sim.frame(list(series(device, [3.0, 3.5], start_ms=T0 + i * 120_000, first_seq=2 * i + 1))),
+            topic_gateway=gateway, identity=gateway, transport="mqtt",
+        )  # fmt: skip
+    return ingestor
+
+
+def _due_at(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        query = select(telemetry_spool.c.next_attempt_ms).order_by(telemetry_spool.c.id)
+        return list(conn.execute(query).scalars())
+
+
+def test_committed_chunks_are_handed_to_the_drainer_and_never_read_back(
+    engine: Engine, victoriametrics: VictoriaMetrics
+) -> None:
+    asyncio.run(_handed_over(engine, victoriametrics))
+
+
+async def _handed_over(engine: Engine, victoriametrics: VictoriaMetrics) -> None:
+    device = f"dev-hand-{engine.dialect.name}"
+    handoff = Handoff(max_chunks=4, lease_ms=LEASE_MS)
+    _handing_ingestor(engine, handoff, "gw-hand", device, frames=2)
+    assert _due_at(engine) == [T0 + LEASE_MS] * 2  # leased to this worker
+    settings = TelemetrySettings(url=victoriametrics.url)
+    async with TelemetryWriter(url=victoriametrics.url, token="", org="o", bucket="b") as writer:
+        # Another worker's drainer, up to the end of the lease, finds nothing due in the table.
+        other = SpoolDrainer(
+            engine, writer, settings, metrics=CloudMetrics(), clock=lambda: T0 + LEASE_MS - 1
+        )
+        assert await other.drain_once() == 0
+        drainer = SpoolDrainer(engine, writer, settings, metrics=CloudMetrics(), clock=lambda: T0,
+                               handoff=handoff)  # fmt: skip
+        assert await drainer.drain_once() == 2 * (2 + 1)  # both chunks in one write: readings + batch points
+        assert await drainer.drain_once() == 0
+    assert count_rows(engine, telemetry_spool) == 0
+    exported = victoriametrics.export(
+        f'{{__name__="reading_temperature_c",device="{device}"}}',
+        until=lambda s: sum(len(x["values"]) for x in s) == 4,
+    )
+    assert sum(len(s["values"]) for s in exported) == 4
+
+
+def test_handed_chunks_go_back_to_the_table_while_the_time_series_server_is_down(engine: Engine) -> None:
+    asyncio.run(_handed_back(engine))
+
+
+async def _handed_back(engine: Engine) -> None:
+    handoff = Handoff(max_chunks=4, lease_ms=LEASE_MS)
+    _handing_ingestor(engine, handoff, "gw-back", "dev-back", frames=3)
+    settings = TelemetrySettings(retry_initial_s=0.5, retry_max_s=0.5)
+    async with TelemetryWriter(url=f"http://127.0.0.1:{free_port()}", token="", org="o", bucket="b") as down:
+        drainer = SpoolDrainer(engine, down, settings, metrics=CloudMetrics(), clock=lambda: T0,
+                               handoff=handoff)  # fmt: skip
+        with pytest.raises(TelemetryUnavailable):
+            await drainer.drain_once()
+    # All three, the one tried and the two still in memory, are due in the table after the (jittered)
+    # retry delay.
+    due = _due_at(engine)
+    assert len(due) == 3
+    assert len(set(due)) == 1
+    assert T0 < due[0] <= T0 + 500
+    assert handoff.take(1_000_000) is None
+
+
+def test_a_full_hand_off_leaves_further_chunks_due_in_the_table(engine: Engine) -> None:
+    asyncio.run(_full_handoff(engine))
+
+
+async def _full_handoff(engine: Engine) -> None:
+    handoff = Handoff(max_chunks=1, lease_ms=LEASE_MS)
+    _handing_ingestor(engine, handoff, "gw-full", "dev-full", frames=2)
+    assert _due_at(engine) == [T0 + LEASE_MS, 0]
+    taken = handoff.take(1_000_000)
+    assert taken is not None
+    assert (len(taken.ids), taken.points) == (1, 3)
+
+
+def test_a_chunk_waiting_half_its_lease_is_left_to_the_table(engine: Engine) -> None:
+    asyncio.run(_stale_handoff(engine))
+
+
+async def _stale_handoff(engine: Engine) -> None:
+    handoff = Handoff(max_chunks=4, lease_ms=0)  # half of no lease: every chunk handed over is stale
+    _handing_ingestor(engine, handoff, "gw-stale", "dev-stale", frames=1)
+    assert handoff.take(1_000_000) is None
+    assert count_rows(engine, telemetry_spool) == 1  # still there, for any drainer to lease
+
+
+def test_a_stopping_drainer_returns_the_chunks_waiting_in_memory_to_the_table(engine: Engine) -> None:
+    asyncio.run(_stopping_drainer(engine))
+
+
+async def _stopping_drainer(engine: Engine) -> None:
+    # A server that accepts the write but never answers: the drainer is stuck in its first write.
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    handoff = Handoff(max_chunks=4, lease_ms=LEASE_MS)
+    _handing_ingestor(engine, handoff, "gw-stop", "dev-stop", frames=1)
+    settings = TelemetrySettings(chunk_points=3)  # one chunk a write: the second waits in memory
+    async with server, TelemetryWriter(url=f"http://127.0.0.1:{port}", token="", org="o", bucket="b") as w:
+        drainer = SpoolDrainer(engine, w, settings, metrics=CloudMetrics(), clock=lambda: T0, handoff=handoff)
+        task = asyncio.create_task(drainer.run())
+        await accepted.wait()
+        _handing_ingestor(engine, handoff, "gw-stop2", "dev-stop2", frames=1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # The chunk being written stays leased (its lease decides); the waiting one is due now.
+    assert _due_at(engine) == [T0 + LEASE_MS, T0]
 
 
 def test_a_backlog_is_stored_many_batches_per_transaction_and_each_acknowledged(
