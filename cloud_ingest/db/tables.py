@@ -220,7 +220,6 @@ rule_state = Table(
     metadata,
     Column("device_id", ID, primary_key=True),
     Column("rule_id", String(48), primary_key=True),
-    Column("last_t_ms", BigInteger, nullable=False),
     Column("run_start_ms", BigInteger, nullable=True),
     Column("run_last_ms", BigInteger, nullable=True),
     Column("run_count", Integer, nullable=False, server_default="0"),

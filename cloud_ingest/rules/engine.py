@@ -168,23 +168,13 @@ class RuleEngine:
 
     def _all_in_range(self, states: dict[RuleId, RunState], series: list[Sample]) -> bool:
         """The common case, in one pass: no run is open and every reading is within its profile's
-        range, so nothing can fire, end or count against a budget; only each rule's newest time
-        moves (in memory: a state without an open run is not stored). False (and ``states``
-        untouched) when the full evaluation is needed."""
+        range, so nothing can fire, end or count against a budget, and advancing the rules would
+        change nothing. False when the full evaluation is needed."""
         if any(st.is_open for st in states.values()):
             return False
         ranges = self._ranges
-        for s in series:
-            box = ranges[s.profile]  # type: ignore[index]  # only bound, profiled samples get here
-            if not box.holds(s):
-                return False
-        for rule_id, st in states.items():
-            for s in reversed(series):
-                rule = self._thresholds[s.profile].get(rule_id)  # type: ignore[index]
-                if rule is not None and getattr(s, rule.quantity) is not None:
-                    st.last_t_ms = max(st.last_t_ms, s.t_ms)
-                    break
-        return True
+        # Only bound, profiled samples get here.
+        return all(ranges[s.profile].holds(s) for s in series)  # type: ignore[index]
 
     # -- run state ---------------------------------------------------------------------------------
     def _load_states(self, conn: Connection, device_ids: list[str]) -> dict[str, dict[RuleId, RunState]]:
@@ -192,9 +182,9 @@ class RuleEngine:
         # dict for the rule ids (not RuleId(...)): a group can load thousands.
         states: dict[str, dict[RuleId, RunState]] = {d: {} for d in device_ids}
         rows = conn.execute(_LOAD_STATES[conn.dialect.name], {"device_ids": device_ids})
-        for device_id, rule_id, last_t, start, last, count, glitches, peak, subject, fired in rows:
+        for device_id, rule_id, start, last, count, glitches, peak, subject, fired in rows:
             states[device_id][_RULE_IDS[rule_id]] = RunState(
-                last_t, start, last, count, glitches, peak or 0.0, subject, fired, False
+                start, last, count, glitches, peak or 0.0, subject, fired, False
             )
         for per_rule in states.values():
             if len(per_rule) < len(THRESHOLD_RULES):
@@ -213,9 +203,9 @@ class RuleEngine:
         """
         rows = [
             {
-                "device_id": device_id, "rule_id": rule_id.value, "last_t_ms": st.last_t_ms,
-                "run_start_ms": st.start_ms, "run_last_ms": st.last_ms, "run_count": st.count,
-                "run_glitches": st.glitches, "run_peak": st.peak, "subject": st.subject, "fired": st.fired,
+                "device_id": device_id, "rule_id": rule_id.value, "run_start_ms": st.start_ms,
+                "run_last_ms": st.last_ms, "run_count": st.count, "run_glitches": st.glitches,
+                "run_peak": st.peak, "subject": st.subject, "fired": st.fired,
             }
             for device_id, per_rule in states.items()
             for rule_id, st in per_rule.items()
@@ -487,8 +477,8 @@ def _mkt_dedupe(subject: str) -> str:
     return dedupe_key(RuleId.MKT, subject_type, subject_id)
 
 
-_STATE_COLUMNS = ("device_id", "rule_id", "last_t_ms", "run_start_ms", "run_last_ms", "run_count",
-                  "run_glitches", "run_peak", "subject", "fired")  # fmt: skip
+_STATE_COLUMNS = ("device_id", "rule_id", "run_start_ms", "run_last_ms", "run_count", "run_glitches",
+                  "run_peak", "subject", "fired")  # fmt: skip
 _SAVE_STATES = BulkUpsert(
     rule_state, names=_STATE_COLUMNS, keys=("device_id", "rule_id"),
     update=lambda ex: {c: ex[c] for c in _STATE_COLUMNS if c not in {"device_id", "rule_id"}},

@@ -38,7 +38,6 @@ class Sample:
 class RunState:
     """Where one (device, rule) stands after its newest reading."""
 
-    last_t_ms: int = -1
     start_ms: int | None = None
     last_ms: int | None = None
     count: int = 0
@@ -106,7 +105,6 @@ def advance(
         value = None if rule is None else getattr(s, rule.quantity)
         if rule is None or value is None:
             continue
-        state.last_t_ms = max(state.last_t_ms, s.t_ms)
         excess = rule.excess(value)
         if state.start_ms is not None and (excess is None or s.subject != state.subject):
             _end(state, rule_id, s, out)

@@ -23,7 +23,7 @@ def test_migrating_twice_changes_nothing(engine: Engine) -> None:
     migrate(engine)
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0005"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0006"
 
 
 def _reading_indexes(engine: Engine) -> set[str]:
@@ -109,3 +109,31 @@ def test_revision_0005_compresses_the_spools_line_protocol_with_lz4_on_postgresq
     migrate(engine)
     with engine.connect() as conn:
         assert conn.execute(query).scalar() == "l"
+
+
+def test_revision_0006_drops_rule_state_last_t_ms_and_back(engine: Engine) -> None:
+    def columns() -> set[str]:
+        return {str(c["name"]) for c in inspect(engine).get_columns("rule_state")}
+
+    assert "last_t_ms" not in columns()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO devices (device_id, gateway_id, site_id, last_seen_ms, last_t_device_ms,"
+                " last_seq, clock, clock_skew_ms, rules_t_ms) VALUES ('d-1', 'g', 's', 1, 1, 1, 'ok', 0, 900)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO rule_state (device_id, rule_id, run_start_ms, run_count, run_glitches, fired)"
+                " VALUES ('d-1', 'temp_high', 400, 0, 0, false)"
+            )
+        )
+    command.downgrade(alembic_config(engine), "0005")
+    assert "last_t_ms" in columns()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT last_t_ms FROM rule_state")).scalar_one() == 900
+    migrate(engine)
+    assert "last_t_ms" not in columns()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT run_start_ms FROM rule_state")).scalar_one() == 400
