@@ -93,7 +93,9 @@ class Handoff:
         """Hand over a committed chunk, whose row was inserted leased to this worker."""
         with self._lock:
             self._chunks.append(replace(chunk, handed_at=time.monotonic()))
-        self._loop.call_soon_threadsafe(self._ready.set)
+        # A loop already closed has no drainer left: the row's lease runs out and the table has it.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._ready.set)
 
     def take(self, max_points: int) -> Chunk | None:
         """The oldest waiting chunks, merged, up to ``max_points`` (at least one); None if none wait."""
