@@ -130,25 +130,26 @@ class RuleEngine:
         if not by_device:
             return outcome
         states = self._load_states(conn, list(by_device))
-        stored = {(d, rule) for d, per_rule in states.items() for rule, st in per_rule.items() if st.is_open}
+        stored = {(d, rule) for d, per_rule in states.items() for rule in per_rule}
         firings: list[Firing] = []
         endings = []
         budget_add: dict[tuple[str, str], int] = defaultdict(int)
         for device_id, new in by_device.items():
             new.sort(key=lambda s: (s.t_ms, s.seq))
-            device_states = states[device_id]
             newest_t = newest.get(device_id, -1)
             if new[0].t_ms <= newest_t:
                 series = self._history(conn, device_id, new)
                 outcome.replayed_readings += sum(not s.new for s in series)
-                device_states = {rule: RunState() for rule in THRESHOLD_RULES}
-                states[device_id] = device_states
+                device_states = states[device_id] = {}
                 prev_t = None
             else:
                 series = new
                 prev_t = newest_t if newest_t >= 0 else None
-                if self._all_in_range(device_states, series):
+                device_states = states.setdefault(device_id, {})
+                if not device_states and self._all_in_range(series):
                     continue
+            for rule_id in THRESHOLD_RULES:
+                device_states.setdefault(rule_id, RunState())
             for rule_id in THRESHOLD_RULES:
                 result: Advance = advance(
                     device_states[rule_id], rule_id, partial(self.threshold, rule_id), series
@@ -166,31 +167,26 @@ class RuleEngine:
         self._apply_mkt(conn, samples, now_ms, outcome)
         return outcome
 
-    def _all_in_range(self, states: dict[RuleId, RunState], series: list[Sample]) -> bool:
-        """The common case, in one pass: no run is open and every reading is within its profile's
+    def _all_in_range(self, series: list[Sample]) -> bool:
+        """The common case, for a device with no run open: every reading is within its profile's
         range, so nothing can fire, end or count against a budget, and advancing the rules would
         change nothing. False when the full evaluation is needed."""
-        if any(st.is_open for st in states.values()):
-            return False
         ranges = self._ranges
         # Only bound, profiled samples get here.
         return all(ranges[s.profile].holds(s) for s in series)  # type: ignore[index]
 
     # -- run state ---------------------------------------------------------------------------------
     def _load_states(self, conn: Connection, device_ids: list[str]) -> dict[str, dict[RuleId, RunState]]:
-        # Only open runs are stored; a device without one gets fresh states. Positional rows and a
-        # dict for the rule ids (not RuleId(...)): a group can load thousands.
-        states: dict[str, dict[RuleId, RunState]] = {d: {} for d in device_ids}
+        """The stored states of the devices, by device: their open runs, the only ones stored. A
+        device or rule missing has none (a fresh state, made only if its readings are evaluated in
+        full). Positional rows and a dict for the rule ids (not RuleId(...)): a group can load
+        thousands."""
+        states: dict[str, dict[RuleId, RunState]] = {}
         rows = conn.execute(_LOAD_STATES[conn.dialect.name], {"device_ids": device_ids})
         for device_id, rule_id, start, last, count, glitches, peak, subject, fired in rows:
-            states[device_id][_RULE_IDS[rule_id]] = RunState(
+            states.setdefault(device_id, {})[_RULE_IDS[rule_id]] = RunState(
                 start, last, count, glitches, peak or 0.0, subject, fired, False
             )
-        for per_rule in states.values():
-            if len(per_rule) < len(THRESHOLD_RULES):
-                for rule in THRESHOLD_RULES:
-                    if rule not in per_rule:
-                        per_rule[rule] = RunState()
         return states
 
     def _save_states(
