@@ -282,10 +282,6 @@ _SAVE_HEAD = (
 #: A stored reading's columns, in the order :meth:`Ingestor._store_readings` builds its rows.
 READING_COLUMNS = tuple(str(c.name) for c in readings.columns)
 _COPY_READINGS = BinaryCopy(readings, READING_COLUMNS)
-# Each device's highest stored sequence (a primary-key look-up per device).
-_MAX_SEQ_PG = select(devices.c.device_id, devices.c.max_seq).where(
-    one_of("postgresql", devices.c.device_id, "ids")
-)
 # Which of some keys are stored: equality on the whole primary key, one look-up each.
 _STORED_READINGS_PG = text(
     "SELECT x.d, x.s FROM json_to_recordset(CAST(:keys AS json)) AS x(d text, s bigint)"
@@ -299,16 +295,17 @@ _INSERT_READINGS_PG = (
 )
 
 
-def _insert_new_readings_pg(conn: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[str, int]]:
+def _insert_new_readings_pg(
+    conn: Connection, rows: list[tuple[Any, ...]], highest: dict[str, int]
+) -> set[tuple[str, int]]:
     """Store the rows (``READING_COLUMNS`` tuples, keys distinct) not stored yet; their keys.
 
-    A binary COPY of the rows not found stored (the caller keeps ``devices.max_seq``). Should
-    another transaction commit one of them between the check and the COPY (two gateways relaying
-    one device to two workers), the COPY fails on the unique key, its savepoint is rolled back, and
-    an ``INSERT … ON CONFLICT DO NOTHING`` stores the rest.
+    A binary COPY of the rows not found stored; ``highest`` is each known device's highest stored
+    sequence (``devices.max_seq``, read under the device's lock). Should another transaction commit
+    one of them meanwhile (two gateways relaying a device that has no row yet to two workers), the
+    COPY fails on the unique key, its savepoint is rolled back, and an ``INSERT … ON CONFLICT DO
+    NOTHING`` stores the rest.
     """
-    ids = sorted({row[0] for row in rows})
-    highest = dict(conn.execute(_MAX_SEQ_PG, {"ids": ids}).all())
     # Only a reading at or below its device's highest stored sequence can be stored already: a
     # backfill, or a device heard by two gateways. Asking the readings table about every reading
     # instead, by device and range of sequences, led PostgreSQL (with its statistics a little behind
@@ -350,7 +347,7 @@ def _new_indexes(rows: list[tuple[Any, ...]], stored: set[tuple[str, int]]) -> l
 # The devices of a transaction's new readings, locked in key order, with the newest device time the
 # rules have seen of each: one worker at a time evaluates a device's readings.
 _LOCK_DEVICES = {
-    d: select(devices.c.device_id, devices.c.rules_t_ms)
+    d: select(devices.c.device_id, devices.c.rules_t_ms, devices.c.max_seq)
     .where(one_of(d, devices.c.device_id, "ids"))
     .order_by(devices.c.device_id)
     .with_for_update()
@@ -358,11 +355,17 @@ _LOCK_DEVICES = {
 }
 
 
-def _lock_devices(conn: Connection, device_ids: set[str]) -> dict[str, int]:
-    """Lock the devices' rows (those that exist) and read ``rules_t_ms``."""
-    if not device_ids:
-        return {}
-    return dict(conn.execute(_LOCK_DEVICES[conn.dialect.name], {"ids": sorted(device_ids)}).all())
+def _lock_devices(conn: Connection, device_ids: set[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Lock the devices' rows (those that exist); their ``rules_t_ms`` and ``max_seq``."""
+    newest: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    if device_ids:
+        for device_id, rules_t, max_seq in conn.execute(
+            _LOCK_DEVICES[conn.dialect.name], {"ids": sorted(device_ids)}
+        ):
+            newest[device_id] = rules_t
+            highest[device_id] = max_seq
+    return newest, highest
 
 
 def _greater(ex: Any, name: str) -> Any:
@@ -556,11 +559,15 @@ class Ingestor:
                     accepted.append((i, v))
             if not accepted:
                 return results, refused
+            # Before any reading is written: under the lock, max_seq counts every reading a worker
+            # that held these devices committed, so the COPY meets none of them.
+            newest, highest = _lock_devices(
+                conn, {row[0] for i, _ in accepted for row in checked.prepared[i].rows}
+            )
             new_of = self._store_readings(
-                conn, [(v, checked.prepared[i]) for i, v in accepted], received_ms=received_ms,
-                transport=transport,
+                conn, [(v, checked.prepared[i]) for i, v in accepted], highest=highest,
+                received_ms=received_ms, transport=transport,
             )  # fmt: skip
-            newest = _lock_devices(conn, {r.device_id for f in new_of for r in f.readings})
             outcome = self.rules.apply(
                 conn, [s for f in new_of for s in f.samples], newest=newest, now_ms=received_ms
             )
@@ -665,9 +672,12 @@ class Ingestor:
             clear_gap_alert(conn, gw, now_ms=received_ms)
 
     def _store_readings(
-        self, conn: Connection, accepted: list[tuple[Verified, Prepared]], *, received_ms: int, transport: str
-    ) -> list[_Fresh]:
+        self, conn: Connection, accepted: list[tuple[Verified, Prepared]], *, highest: dict[str, int],
+        received_ms: int, transport: str,
+    ) -> list[_Fresh]:  # fmt: skip
         """Store the frames' batch rows, readings and markers; each frame's new readings.
+
+        ``highest``: the locked devices' highest stored sequences.
 
         A reading stored before (or earlier in this transaction, by another gateway that heard the
         same device) is not new: it belongs to the frame that stored it first.
@@ -682,7 +692,7 @@ class Ingestor:
                     rows.append(row)
         stored: set[tuple[str, int]] = set()
         if rows and conn.dialect.name == "postgresql":
-            stored = _insert_new_readings_pg(conn, rows)
+            stored = _insert_new_readings_pg(conn, rows, highest)
         elif rows:
             stmt = insert_ignoring(conn, readings, keys=("device_id", "seq")).returning(
                 readings.c.device_id, readings.c.seq
