@@ -344,8 +344,9 @@ def _new_indexes(rows: list[tuple[Any, ...]], stored: set[tuple[str, int]]) -> l
     return None if len(taken) == len(rows) else taken
 
 
-# The devices of a transaction's new readings, locked in key order, with the newest device time the
-# rules have seen of each: one worker at a time evaluates a device's readings.
+# The devices of a transaction's readings, locked in key order before any is written, with the
+# newest device time the rules have seen of each and the highest sequence stored: one worker at a
+# time stores and evaluates a device's readings.
 _LOCK_DEVICES = {
     d: select(devices.c.device_id, devices.c.rules_t_ms, devices.c.max_seq)
     .where(one_of(d, devices.c.device_id, "ids"))

@@ -149,11 +149,10 @@ class RuleEngine:
                 if not device_states and self._all_in_range(series):
                     continue
             for rule_id in THRESHOLD_RULES:
-                device_states.setdefault(rule_id, RunState())
-            for rule_id in THRESHOLD_RULES:
                 result: Advance = advance(
-                    device_states[rule_id], rule_id, partial(self.threshold, rule_id), series
-                )
+                    device_states.setdefault(rule_id, RunState()), rule_id, partial(self.threshold, rule_id),
+                    series,
+                )  # fmt: skip
                 firings += result.firings
                 endings += result.endings
                 outcome.glitches_flagged += result.glitches
