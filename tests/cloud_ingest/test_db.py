@@ -6,7 +6,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from cloud_ingest.db.engine import alembic_config, migrate, normalise_url
 from cloud_ingest.db.tables import metadata
@@ -44,6 +44,17 @@ def test_postgres_urls_use_psycopg3() -> None:
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def _add_device(conn: Connection, device_id: str) -> None:
+    """A device row with the columns every revision has."""
+    conn.execute(
+        text(
+            "INSERT INTO devices (device_id, gateway_id, site_id, last_seen_ms, last_t_device_ms,"
+            " last_seq, clock, clock_skew_ms) VALUES (:d, 'g', 's', 1, 1, 1, 'ok', 0)"
+        ),
+        {"d": device_id},
+    )
+
+
 def test_revision_0003_sets_each_devices_highest_stored_sequence(engine: Engine) -> None:
     command.downgrade(alembic_config(engine), "0002")
     with engine.begin() as conn:
@@ -56,13 +67,7 @@ def test_revision_0003_sets_each_devices_highest_stored_sequence(engine: Engine)
                 {"d": device, "s": seq},
             )
         for device in ("d-1", "d-2", "d-3"):
-            conn.execute(
-                text(
-                    "INSERT INTO devices (device_id, gateway_id, site_id, last_seen_ms, last_t_device_ms,"
-                    " last_seq, clock, clock_skew_ms) VALUES (:d, 'g', 's', 1, 1, 1, 'ok', 0)"
-                ),
-                {"d": device},
-            )
+            _add_device(conn, device)
     migrate(engine)
     with engine.connect() as conn:
         got = dict(conn.execute(text("SELECT device_id, max_seq FROM devices")).all())
@@ -72,12 +77,7 @@ def test_revision_0003_sets_each_devices_highest_stored_sequence(engine: Engine)
 def test_revision_0004_moves_the_newest_time_to_the_device_and_keeps_only_open_runs(engine: Engine) -> None:
     command.downgrade(alembic_config(engine), "0003")
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO devices (device_id, gateway_id, site_id, last_seen_ms, last_t_device_ms,"
-                " last_seq, clock, clock_skew_ms) VALUES ('d-1', 'g', 's', 1, 1, 1, 'ok', 0)"
-            )
-        )
+        _add_device(conn, "d-1")
         for rule, last_t, start in [("temp_high", 500, 400), ("temp_low", 700, None), ("shock", 600, None)]:
             conn.execute(
                 text(
@@ -117,12 +117,8 @@ def test_revision_0006_drops_rule_state_last_t_ms_and_back(engine: Engine) -> No
 
     assert "last_t_ms" not in columns()
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO devices (device_id, gateway_id, site_id, last_seen_ms, last_t_device_ms,"
-                " last_seq, clock, clock_skew_ms, rules_t_ms) VALUES ('d-1', 'g', 's', 1, 1, 1, 'ok', 0, 900)"
-            )
-        )
+        _add_device(conn, "d-1")
+        conn.execute(text("UPDATE devices SET rules_t_ms = 900"))
         conn.execute(
             text(
                 "INSERT INTO rule_state (device_id, rule_id, run_start_ms, run_count, run_glitches, fired)"
