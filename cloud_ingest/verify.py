@@ -18,9 +18,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, select
 
+from cloud_ingest.batch_decode import decode_batch
 from cloud_ingest.db.tables import gateway_keys, gateways
 from coldtrace.contract import ContractError, RejectCode
-from coldtrace.contract.batch import Batch, decode_body, frame_hash, open_frame
+from coldtrace.contract.batch import Batch, frame_hash, open_frame
 from coldtrace.contract.limits import Limits
 
 
@@ -177,7 +178,7 @@ def verify(frame: bytes, *, topic_gateway: str, identity: str, keys: KeyRing, li
             gateway_id=topic_gateway,
         ) from exc
     try:
-        batch = decode_body(parts.body, limits=limits)
+        batch = decode_batch(parts.body, limits=limits)
     except ContractError as exc:
         raise Rejected.from_contract(exc, topic_gateway) from exc
     if batch.gateway_id != topic_gateway:

@@ -321,7 +321,7 @@ def verify_frame(
     return SignedBatch(batch=batch, key_id=parts.key_id, frame_hash=frame_hash(frame), frame=frame)
 
 
-def _probe() -> Batch:
+def probe_batch() -> Batch:
     """A batch whose reading sets every field (floats of awkward spellings) and which has a marker."""
     reading = Reading(
         anomaly_score=0.1234567890123, battery_v=3.6, bound=True, clock=ClockQuality.SKEWED,
@@ -340,4 +340,4 @@ def _probe() -> Batch:
     )  # fmt: skip
 
 
-check_plain(_probe())
+check_plain(probe_batch())

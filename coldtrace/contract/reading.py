@@ -7,7 +7,8 @@ use this model. Units are part of the field names, so a wrong-unit bug reads wro
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Self
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
@@ -68,6 +69,38 @@ def _field_error(field: str, reason: str) -> PydanticCustomError:
     return PydanticCustomError("cross_field", "{field}: {reason}", {"field": field, "reason": reason})
 
 
+def inconsistency(fields: Mapping[str, Any]) -> tuple[str, str] | None:  # noqa: PLR0911 - one per rule
+    """The first cross-field rule of :class:`Reading` that ``fields`` (a reading's field values by
+    name) break, as (field, reason); None when they keep every one.
+
+    The model's validator and the cloud's fast batch decoder both apply these rules, so they are
+    written once, over plain values. Runs for every reading the cloud decodes: plain comparisons,
+    no temporaries on the common path.
+    """
+    lat, lon = fields["lat"], fields["lon"]
+    if (lat is None) != (lon is None):
+        return ("lon" if lon is None else "lat"), "lat and lon must be given together"
+    if (
+        fields["temperature_c"] is None and fields["humidity_pct"] is None and fields["shock_g"] is None
+        and fields["battery_v"] is None and lat is None
+    ):  # fmt: skip
+        return "temperature_c", "a reading must carry at least one measured quantity"
+    shipment_id, lot_ids = fields["shipment_id"], fields["lot_ids"]
+    if fields["bound"]:
+        if shipment_id is None and not lot_ids:
+            return "bound", "a bound reading needs a shipment_id or lot_ids"
+    elif shipment_id is not None or lot_ids:
+        return "bound", "an unbound reading must not name a shipment or lots"
+    if len(lot_ids) > 1 and list(lot_ids) != sorted(set(lot_ids)):
+        return "lot_ids", "must be sorted and without repeats"
+    flags = fields["flags"]
+    if len(flags) > 1 and list(flags) != sorted(set(flags)):
+        return "flags", "must be sorted and without repeats"
+    if (fields["anomaly_score"] is None) != (fields["model"] is None):
+        return "model", "anomaly_score and model must be given together"
+    return None
+
+
 @plain
 class Reading(BaseModel):
     """One sensor sample in SI units, as the edge agent forwards it.
@@ -109,25 +142,9 @@ class Reading(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
-        # Runs for every reading the cloud decodes: plain comparisons, no temporaries on the common path.
-        if (self.lat is None) != (self.lon is None):
-            missing = "lon" if self.lon is None else "lat"
-            raise _field_error(missing, "lat and lon must be given together")
-        if (
-            self.temperature_c is None and self.humidity_pct is None and self.shock_g is None
-            and self.battery_v is None and self.lat is None
-        ):  # fmt: skip
-            raise _field_error("temperature_c", "a reading must carry at least one measured quantity")
-        if self.bound and self.shipment_id is None and not self.lot_ids:
-            raise _field_error("bound", "a bound reading needs a shipment_id or lot_ids")
-        if not self.bound and (self.shipment_id is not None or self.lot_ids):
-            raise _field_error("bound", "an unbound reading must not name a shipment or lots")
-        if len(self.lot_ids) > 1 and list(self.lot_ids) != sorted(set(self.lot_ids)):
-            raise _field_error("lot_ids", "must be sorted and without repeats")
-        if len(self.flags) > 1 and list(self.flags) != sorted(set(self.flags)):
-            raise _field_error("flags", "must be sorted and without repeats")
-        if (self.anomaly_score is None) != (self.model is None):
-            raise _field_error("model", "anomaly_score and model must be given together")
+        broken = inconsistency(self.__dict__)
+        if broken is not None:
+            raise _field_error(*broken)
         return self
 
     @property

@@ -83,10 +83,10 @@ def markers(draw: st.DrawFn) -> Marker:
 
 
 @st.composite
-def batches(draw: st.DrawFn, max_readings: int = 8) -> Batch:
-    """Any valid batch body."""
-    seq = draw(st.integers(1, MAX_SAFE_INT))
-    marker_list = tuple(draw(st.lists(markers(), max_size=2)))
+def batches(draw: st.DrawFn, max_readings: int = 8, *, max_markers: int = 2, min_seq: int = 1) -> Batch:
+    """Any valid batch body (of at most ``max_markers`` markers, with a sequence of ``min_seq`` or more)."""
+    seq = draw(st.integers(min_seq, MAX_SAFE_INT))
+    marker_list = tuple(draw(st.lists(markers(), max_size=max_markers)))
     reading_list = tuple(draw(st.lists(readings(), min_size=0 if marker_list else 1, max_size=max_readings)))
     return Batch(
         batch_seq=seq,

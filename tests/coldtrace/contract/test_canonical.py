@@ -19,7 +19,7 @@ from coldtrace.contract import (
     canonical_bytes,
     decode_model,
 )
-from coldtrace.contract.batch import _probe
+from coldtrace.contract.batch import probe_batch
 from coldtrace.contract.canonical import _PLAIN, check_plain, reference_bytes
 from tests.coldtrace.contract.strategies import batches, readings
 
@@ -43,7 +43,7 @@ def test_the_direct_encoder_writes_exactly_the_reference_bytes(batch: Batch) -> 
 
 def test_an_unvalidated_value_takes_the_reference_path() -> None:
     # model_construct skips validation: orjson cannot write a set, so the reference converts it.
-    fields = {**_probe().readings[0].__dict__, "lot_ids": {"a"}}
+    fields = {**probe_batch().readings[0].__dict__, "lot_ids": {"a"}}
     odd = Reading.model_construct(**fields)
     with pytest.warns(UserWarning, match="serialized value may not be as expected"):
         assert canonical_bytes(odd) == canonical_bytes(Reading(**{**fields, "lot_ids": ("a",)}))
