@@ -56,8 +56,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import msgspec  # noqa: E402
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
+import pydantic  # noqa: E402
 import sqlalchemy  # noqa: E402
 from sqlalchemy import Engine, func, select  # noqa: E402
 
@@ -924,6 +926,8 @@ def versions(stack: Stack) -> dict[str, str]:
         **common,
         "SQLAlchemy": sqlalchemy.__version__,
         "psycopg": psycopg.__version__,
+        "pydantic": pydantic.__version__,
+        "msgspec": msgspec.__version__,
         "PostgreSQL": str(row[0]) if row else "unknown",
         "VictoriaMetrics": vm.stdout.strip() or "unknown",
     }
