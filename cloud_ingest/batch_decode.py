@@ -1,4 +1,4 @@
-"""The cloud's decoder of batch bodies: the contract's strict decode, at less than half the cost.
+"""The cloud's decoder of batch bodies: the contract's strict decode, at about half the cost.
 
 :func:`coldtrace.contract.batch.decode_body` builds a pydantic model per reading and runs its
 validator for each; in a worker draining a backlog that was over half of the CPU spent checking

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from cloud_ingest import batch_decode
 from cloud_ingest.batch_decode import decode_batch, fast_decode
 from coldtrace.contract import Batch, ContractError, Limits, RejectCode, canonical_bytes, decode_body
+from coldtrace.contract.batch import probe_batch
 from tests.coldtrace.contract.strategies import batches
 
 #: Any JSON value orjson writes, including awkward ones: 64-bit integers, tiny and huge floats, odd text.
@@ -24,6 +25,18 @@ json_values = st.recursive(
 )  # fmt: skip
 #: Batches the fast path is for: no gap markers, not a gateway's first.
 plain_batches = batches(max_markers=0, min_seq=2)
+
+
+def _example() -> Batch:
+    """A plain batch of two readings that set every field, as a gateway sends them."""
+    probe = probe_batch()
+    reading = probe.readings[0]
+    second = reading.model_copy(update={"seq": reading.seq + 1})
+    return probe.model_copy(update={"batch_seq": 2, "markers": (), "prev_hash": "a" * 64,
+                                    "readings": (reading, second)})  # fmt: skip
+
+
+EXAMPLE = _example()
 
 
 def reference(body: bytes) -> Batch | None:
@@ -117,8 +130,7 @@ def test_a_damaged_body_is_judged_as_the_contract_judges_it(batch: Batch, data: 
     ],
 )
 def test_a_refused_body_raises_the_contracts_error(change: Any, code: RejectCode) -> None:
-    batch = next(iter(_examples))
-    doc = orjson.loads(canonical_bytes(batch))
+    doc = orjson.loads(canonical_bytes(EXAMPLE))
     change(doc)
     with pytest.raises(ContractError) as refused:
         decode_batch(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
@@ -126,14 +138,14 @@ def test_a_refused_body_raises_the_contracts_error(change: Any, code: RejectCode
 
 
 def test_a_non_canonical_body_raises_the_contracts_error() -> None:
-    body = canonical_bytes(next(iter(_examples))).replace(b'"batch_seq":', b'"batch_seq": ')
+    body = canonical_bytes(EXAMPLE).replace(b'"batch_seq":', b'"batch_seq": ')
     with pytest.raises(ContractError) as refused:
         decode_batch(body)
     assert refused.value.code is RejectCode.NON_CANONICAL
 
 
 def test_too_many_readings_for_the_limits_raise_oversized() -> None:
-    body = canonical_bytes(next(iter(_examples)))
+    body = canonical_bytes(EXAMPLE)
     with pytest.raises(ContractError) as refused:
         decode_batch(body, limits=Limits(max_readings_per_batch=1))
     assert refused.value.code is RejectCode.OVERSIZED
@@ -145,15 +157,3 @@ def test_a_constraint_the_fast_path_cannot_apply_stops_it_at_import() -> None:
 
     with pytest.raises(TypeError, match="level"):
         batch_decode._Fields(Stepped, {})
-
-
-def _example() -> Batch:
-    """A plain batch of two readings, as a gateway sends them."""
-    probe = batch_decode.probe_batch()
-    reading = probe.readings[0]
-    second = reading.model_copy(update={"seq": reading.seq + 1})
-    return probe.model_copy(update={"batch_seq": 2, "markers": (), "prev_hash": "a" * 64,
-                                    "readings": (reading, second)})  # fmt: skip
-
-
-_examples = [_example()]
