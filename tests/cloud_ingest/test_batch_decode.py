@@ -157,3 +157,22 @@ def test_a_constraint_the_fast_path_cannot_apply_stops_it_at_import() -> None:
 
     with pytest.raises(TypeError, match="level"):
         batch_decode._Fields(Stepped, {})
+
+
+def test_equal_identifiers_are_one_object_and_the_table_of_them_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_decode, "_SHARED_MAX", 4)
+    first, second = EXAMPLE.readings
+    # The storing transaction keys sets and dicts by these: one object hashes once.
+    fast = fast_decode(canonical_bytes(EXAMPLE))
+    assert fast is not None
+    assert fast.readings[0].device_id is fast.readings[1].device_id
+    assert fast.readings[0].lot_ids[0] is fast.readings[1].lot_ids[0]
+    for n in range(3):
+        renamed = [r.model_copy(update={"device_id": f"dev-{n}-{r.seq}"}) for r in (first, second)]
+        body = canonical_bytes(EXAMPLE.model_copy(update={"readings": tuple(renamed)}))
+        assert fast_decode(body) is not None
+        assert fast_decode(body.replace(b'"batch_seq":', b'"batch_seq": ')) is None  # refused, yet seen
+        # At most the bound, plus what the last body brought: its 7 distinct identifiers.
+        assert len(batch_decode._SHARED) <= 4 + 7
