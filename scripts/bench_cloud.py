@@ -100,6 +100,8 @@ HOLD_POLL_S = 0.02  # API poll interval for the first HOLD_SLOW_AFTER_S, then HO
 HOLD_SLOW_AFTER_S = 2.0
 HOLD_SLOW_POLL_S = 0.2
 HOLD_TIMEOUT_S = 60.0
+#: The worker's broker.group_max_frames unless --group-max-frames says otherwise.
+DEFAULT_GROUP: int = BrokerSettings.model_fields["group_max_frames"].default
 
 
 # -- the fleet and its readings ------------------------------------------------------------------
@@ -537,7 +539,7 @@ def worker_cfg(stack: Stack, broker: Mosquitto, db_url: str, **extra: Any) -> di
         "broker": {
             "url": f"mqtts://127.0.0.1:{broker.port}", "ca_file": str(tls.ca_file),
             "cert_file": str(tls.cert_file), "key_file": str(tls.key_file), "client_id": SERVICE,
-            "share_group": "ingest",
+            "share_group": "ingest", "group_max_frames": stack.args.group_max_frames,
         },
         **extra,
     }  # fmt: skip
@@ -852,7 +854,7 @@ async def _offer_transport(
     tls = stack.service_tls()
     out, ready = stack.tmp / f"bare-sub-{rate}.json", stack.tmp / f"bare-sub-{rate}.ready"
     expected = sum(len(f) for f in frames.values())
-    receive_maximum = min(65535, 2 * BrokerSettings.model_fields["group_max_frames"].default)
+    receive_maximum = min(65535, 2 * args.group_max_frames)
     proc, log = await stack.spawn(f"bare-sub-{rate}", [
         sys.executable, str(ROOT / "scripts" / "bare_subscriber.py"), "--core", str(stack.core),
         "--broker", f"mqtts://127.0.0.1:{broker.port}", "--ca", str(tls.ca_file), "--cert",
@@ -939,6 +941,7 @@ def command(args: argparse.Namespace) -> str:
         f"python scripts/bench_cloud.py --readings {args.readings} --gateways {args.gateways} "
         f"--batch {args.batch} --devices {args.devices} --rate {args.rate} "
         f"--hold-gateways {args.hold_gateways} --hold-seconds {args.hold_seconds}"
+        + ("" if args.group_max_frames == DEFAULT_GROUP else f" --group-max-frames {args.group_max_frames}")
     )
 
 
@@ -981,8 +984,8 @@ def render(
         "sessions before either consumer starts. Worker: `cloud_ingest.worker.Worker` as deployed (verify "
         "Ed25519 and the canonical schema, chain check, readings stored exactly once, device rows, rules "
         "with alerts and holds, telemetry spool, in one PostgreSQL transaction per group of the batches "
-        f"that arrived while it stored the previous group (up to "
-        f"{BrokerSettings.model_fields['group_max_frames'].default}, its default), acknowledged after "
+        f"that arrived while it stored the previous group (up to {args.group_max_frames}"
+        f"{', its default' if args.group_max_frames == DEFAULT_GROUP else ''}), acknowledged after "
         "commit; the spool drains to VictoriaMetrics in the same process). Its clock runs from the "
         "start of its first batch to the commit of the last reading; `spooled`: to the last point "
         "VictoriaMetrics confirmed. Bare writer (`scripts/bare_writer.py`): same client library, session "
@@ -1121,6 +1124,10 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=20, help="Part 1 gateways.")
     parser.add_argument("--batch", type=int, default=500, help="Part 1 readings per batch.")
     parser.add_argument("--devices", type=int, default=100, help="Devices per gateway.")
+    parser.add_argument(
+        "--group-max-frames", type=int, default=DEFAULT_GROUP,
+        help=f"The worker's broker.group_max_frames (default {DEFAULT_GROUP}, the setting's own).",
+    )  # fmt: skip
     parser.add_argument("--rate", default="10000,5000", help="Part 2 offered readings/s, one run each.")
     parser.add_argument("--hold-gateways", type=int, default=20, help="Part 2 gateways.")
     parser.add_argument("--hold-seconds", type=int, default=40, help="Part 2: excursions, one a second.")

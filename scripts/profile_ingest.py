@@ -2,6 +2,7 @@
 
     python scripts/profile_ingest.py [--group 64] [--batch 500] [--per-gateway 10000] [--core 1]
     py-spy record --gil -r 400 -f raw -o ingest.txt -- python scripts/profile_ingest.py
+    python scripts/profile_ingest.py --contract-decoder    # the same, without the fast decoder
 
 For working on the worker's hot path without the broker and the time-series server in the way: the
 frames of ``scripts/bench_cloud.py``'s backlog (20 gateways of 100 devices, signed and chained) go
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cloud_ingest import batch_decode  # noqa: E402
 from cloud_ingest.db.engine import open_database  # noqa: E402
 from cloud_ingest.ingest import Inbound, Ingestor, Outcome  # noqa: E402
 from cloud_ingest.metrics import CloudMetrics  # noqa: E402
@@ -42,7 +44,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="Readings per frame.")
     parser.add_argument("--per-gateway", type=int, default=10_000, help="Readings per gateway (20 gateways).")
     parser.add_argument("--core", type=int, help="Pin this process (not PostgreSQL) to one CPU.")
+    parser.add_argument(
+        "--contract-decoder", action="store_true",
+        help="Decode with the contract's decode_body, not cloud_ingest.batch_decode's fast path (A/B).",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.contract_decoder:
+        batch_decode._enabled = False  # what its import-time self-check does when pydantic disagrees
     postgres = Postgres(PG_BIN, durable=True)
     postgres.start()
     if args.core is not None:
