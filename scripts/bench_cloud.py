@@ -556,10 +556,16 @@ def committed(engine: Engine) -> int:
     return count(engine, select(func.sum(gateways.c.readings_accepted)))
 
 
-def vm_samples(vm: VictoriaMetrics, metric: str) -> int:
-    """Samples of ``metric`` VictoriaMetrics holds."""
-    vm.force_flush()
-    return sum(len(series["values"]) for series in vm.export_now(f'{{__name__="{metric}"}}'))
+def vm_samples(vm: VictoriaMetrics, metric: str, expected: int) -> int:
+    """Samples of ``metric`` VictoriaMetrics holds, once it shows ``expected`` (or after 10 s).
+
+    Polls: a series first written moments ago can be missing from the index even after a flush.
+    """
+
+    def count(series: list[dict[str, Any]]) -> int:
+        return sum(len(s["values"]) for s in series)
+
+    return count(vm.export(f'{{__name__="{metric}"}}', until=lambda series: count(series) >= expected))
 
 
 # -- part 1: throughput --------------------------------------------------------------------------------
@@ -620,7 +626,8 @@ async def throughput(stack: Stack) -> dict[str, Any]:
     stored = count(engine, select(func.count()).select_from(readings))
     refused = count(engine, select(func.count()).select_from(rejects))
     engine.dispose()
-    points = {m: vm_samples(stack.vm, m) for m in ("reading_temperature_c", "bare_reading_temperature_c")}
+    metrics = ("reading_temperature_c", "bare_reading_temperature_c")
+    points = {m: vm_samples(stack.vm, m, total) for m in metrics}
     if stored != total or refused or worker["rejected"] or any(v != total for v in points.values()):
         raise SystemExit(f"lost or refused data: {total} sent, {stored} rows, {refused} rejects, {points}")
     return {"readings": total, "batches": batches, "fleet": fleet, "bare": bare, "worker": worker}
