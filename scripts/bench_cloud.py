@@ -562,10 +562,10 @@ def vm_samples(vm: VictoriaMetrics, metric: str, expected: int) -> int:
     Polls: a series first written moments ago can be missing from the index even after a flush.
     """
 
-    def count(series: list[dict[str, Any]]) -> int:
+    def held(series: list[dict[str, Any]]) -> int:
         return sum(len(s["values"]) for s in series)
 
-    return count(vm.export(f'{{__name__="{metric}"}}', until=lambda series: count(series) >= expected))
+    return held(vm.export(f'{{__name__="{metric}"}}', until=lambda series: held(series) >= expected))
 
 
 # -- part 1: throughput --------------------------------------------------------------------------------
