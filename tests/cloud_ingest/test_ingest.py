@@ -95,11 +95,20 @@ def test_a_reading_another_worker_commits_during_the_copy_is_left_to_it(postgres
     other.execute(readings.insert().values(**row))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         storing = pool.submit(send, ingestor, frame)
-        with engine.connect() as watcher:
-            deadline = time.monotonic() + 30
-            while not watcher.execute(_WAITING_ON_A_LOCK).scalar_one():
-                assert not storing.done(), storing.result()
-                assert time.monotonic() < deadline, "the COPY never waited on the uncommitted reading"
+        try:
+            with engine.connect() as watcher:
+                deadline = time.monotonic() + 30
+                while True:
+                    waiting = watcher.execute(_WAITING_ON_A_LOCK).scalar_one()
+                    # pg_stat_activity is read once per transaction: each look needs a fresh one.
+                    watcher.rollback()
+                    if waiting:
+                        break
+                    assert not storing.done(), storing.result()
+                    assert time.monotonic() < deadline, "the COPY never waited on the uncommitted reading"
+        except BaseException:
+            other.rollback()  # else the COPY waits on it for ever and the pool never shuts down
+            raise
         other.commit()
         result = storing.result(timeout=30)
     other.close()
