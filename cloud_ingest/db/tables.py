@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData(
     naming_convention={
@@ -33,7 +34,22 @@ metadata = MetaData(
     }
 )
 
-ID = String(64)
+
+def bytewise(length: int) -> TypeEngine[str]:
+    """``String(length)`` that PostgreSQL compares byte by byte (``COLLATE "C"``), for keys.
+
+    Identifiers and the keys built from them (``[A-Za-z0-9._:-]``) have no linguistic order, but a
+    column takes the database's default collation, which is the server's locale (often
+    ``en_US.UTF-8``), and every B-tree insert and look-up on it then runs that locale's comparison.
+    Byte order is also the same on every server. SQLite compares bytes already. See migration 0007.
+    """
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+ID = bytewise(64)
+#: A rule's subject, ``shipment:<id>`` or ``lot:<id>`` (see ``cloud_ingest.rules``).
+SUBJECT = bytewise(80)
+RULE_ID = bytewise(48)
 
 # -- gateways and their chains ----------------------------------------------------------------------
 gateways = Table(
@@ -219,13 +235,13 @@ rule_state = Table(
     "rule_state",
     metadata,
     Column("device_id", ID, primary_key=True),
-    Column("rule_id", String(48), primary_key=True),
+    Column("rule_id", RULE_ID, primary_key=True),
     Column("run_start_ms", BigInteger, nullable=True),
     Column("run_last_ms", BigInteger, nullable=True),
     Column("run_count", Integer, nullable=False, server_default="0"),
     Column("run_glitches", Integer, nullable=False, server_default="0"),
     Column("run_peak", Float, nullable=True),  # worst distance beyond the limit during the run
-    Column("subject", String(80), nullable=True),  # what the open run's alert is about
+    Column("subject", SUBJECT, nullable=True),  # what the open run's alert is about
     Column("fired", Boolean, nullable=False, server_default=text("false")),
     Index(None, "rule_id", "subject"),
 )
@@ -233,7 +249,7 @@ rule_state = Table(
 mkt_buckets = Table(
     "mkt_buckets",
     metadata,
-    Column("subject", String(80), primary_key=True),  # "shipment:<id>" or "lot:<id>"
+    Column("subject", SUBJECT, primary_key=True),  # "shipment:<id>" or "lot:<id>"
     Column("hour_ms", BigInteger, primary_key=True),
     Column("sum_exp", Float, nullable=False),  # sum of exp(-ΔH/(R·T)) over the bucket's readings
     Column("n", BigInteger, nullable=False),
@@ -244,7 +260,7 @@ mkt_buckets = Table(
 budgets = Table(
     "budgets",
     metadata,
-    Column("subject", String(80), primary_key=True),
+    Column("subject", SUBJECT, primary_key=True),
     Column("device_id", ID, primary_key=True),
     Column("out_of_range_ms", BigInteger, nullable=False),
     Column("fired", Boolean, nullable=False, server_default=text("false")),
@@ -255,8 +271,8 @@ alerts = Table(
     "alerts",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(160), nullable=False),
-    Column("rule_id", String(48), nullable=False),
+    Column("dedupe_key", bytewise(160), nullable=False),
+    Column("rule_id", RULE_ID, nullable=False),
     Column("kind", String(16), nullable=False),  # excursion | budget | mkt | gateway
     Column("subject_type", String(16), nullable=False),  # shipment | lot | gateway | device
     Column("subject_id", ID, nullable=False),

@@ -7,6 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.dialects import postgresql
 
 from cloud_ingest.db.engine import alembic_config, migrate, normalise_url
 from cloud_ingest.db.tables import metadata
@@ -23,7 +24,7 @@ def test_migrating_twice_changes_nothing(engine: Engine) -> None:
     migrate(engine)
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0006"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0007"
 
 
 def _reading_indexes(engine: Engine) -> set[str]:
@@ -133,3 +134,39 @@ def test_revision_0006_drops_rule_state_last_t_ms_and_back(engine: Engine) -> No
     assert "last_t_ms" not in columns()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT run_start_ms FROM rule_state")).scalar_one() == 400
+
+
+def _collations(engine: Engine) -> dict[tuple[str, str], str | None]:
+    """PostgreSQL's collation of every character column of ours (None: the server's default)."""
+    query = text(
+        "SELECT table_name, column_name, collation_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND data_type IN ('character varying', 'text')"
+        " AND table_name <> 'alembic_version'"
+    )
+    with engine.connect() as conn:
+        return {(t, c): collation for t, c, collation in conn.execute(query)}
+
+
+def test_revision_0007_makes_the_key_columns_bytewise_on_postgresql_and_back(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        test_migrated_schema_matches_the_tables(engine)  # SQLite compares bytes already: unchanged
+        return
+    # Alembic's comparison ignores collations: the tables module is the reference here.
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    migrated = _collations(engine)
+    expected = {
+        (table.name, column.name): getattr(column.type.dialect_impl(dialect), "collation", None)
+        for table in metadata.sorted_tables
+        for column in table.columns
+        if (table.name, column.name) in migrated
+    }
+    assert sum(c == "C" for c in expected.values()) == 34  # as listed in the revision
+    assert migrated == expected
+    with engine.begin() as conn:
+        _add_device(conn, "d-1")
+    command.downgrade(alembic_config(engine), "0006")
+    assert set(_collations(engine).values()) == {None}
+    migrate(engine)
+    assert _collations(engine) == expected
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT device_id FROM devices")).scalars().all() == ["d-1"]
