@@ -30,4 +30,13 @@ def test_quick_run_times_every_marker_on_both_paths(tmp_path: Path, monkeypatch:
         r"Hold latency / transport latency \(same run[^)]*\): at 2000/s p50 ([\d.]+), p99", section
     )
     assert ratio is not None, section
+    # Throughput: two rounds (the quick run's), each with both consumers, and a ratio per round.
+    drains = [
+        (cells[0], cells[1])
+        for line in section.splitlines()
+        if len(cells := [c.strip() for c in line.strip("|").split("|")]) == 11 and cells[0] in {"1", "2"}
+    ]
+    consumers = ["worker, committed", "worker, spooled to VictoriaMetrics", "bare writer"]
+    assert drains == [(n, c) for n in ("1", "2") for c in consumers]
+    assert re.search(r"is the baseline\): [\d.]+, [\d.]+ in rounds 1-2, median [\d.]+ ", section), section
     assert_passes_bench_all_check("cloud", section, tmp_path, monkeypatch)
