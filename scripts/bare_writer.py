@@ -6,9 +6,20 @@
 Subscribes like a worker (shared subscription, persistent session, QoS 1, manual acknowledgement,
 the same ``coldtrace.mqtt.MqttClient``) but verifies nothing: no signature, no schema, no chain, no
 SQL. Each frame's JSON body is parsed with orjson and its readings become line protocol through
-f-strings; whatever messages are at hand (up to ``--chunk-points``) go to ``/api/v2/write`` in one
-POST, and those messages are acknowledged once the server answers 204. Exits after ``--expected``
-readings, writing its timings to ``--out``.
+f-strings; whatever messages are at hand (up to ``--chunk-points`` readings) go to ``/api/v2/write``
+in one POST, and those messages are acknowledged once the server answers 204. Up to ``--in-flight``
+POSTs (2) are under way at once, so the next chunk is built while the server takes the last one;
+they are acknowledged in the order they arrived. Exits after ``--expected`` readings, writing its
+timings to ``--out``.
+
+``--fields worker`` (the default) writes the fields a worker's ``reading`` line has (see
+``cloud_ingest.telemetry.lineproto``), as measurement ``bare_reading``: the five measured values,
+``seq``, ``skew_ms``, ``glitch`` and ``backfill``, which are all functions of the reading alone, with
+the worker's timestamps. Its tags are the worker's but ``profile``, which needs the cloud's SQL
+state (``tests/scripts/test_bare_writer.py`` holds the two to the same lines). ``--fields measured``
+leaves out ``skew_ms``, ``glitch`` and ``backfill`` (measurement ``bare_measured_reading``), as
+the benchmark's baseline did before 2026-11-25 (with one POST at a time): it asks a third less of
+VictoriaMetrics than a worker does.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import os
 import resource
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +43,8 @@ import orjson  # noqa: E402
 from coldtrace.contract.batch import HEADER_BYTES  # noqa: E402
 from coldtrace.mqtt import BrokerUrl, Message, MqttClient, TlsFiles  # noqa: E402
 
-MEASUREMENT = "bare_reading"
+#: ``--fields`` → the measurement written.
+MEASUREMENTS = {"worker": "bare_reading", "measured": "bare_measured_reading"}
 
 
 def core_busy_s(core: int | None) -> float:
@@ -46,21 +59,33 @@ def core_busy_s(core: int | None) -> float:
     return 0.0
 
 
-def frame_lines(payload: bytes, gateway_id: str) -> list[str]:
+def frame_lines(payload: bytes, gateway_id: str, *, fields: str) -> list[str]:
     """Line protocol for the readings of one frame (no validation, no escaping: trusted input)."""
     readings: list[dict[str, Any]] = orjson.loads(payload[HEADER_BYTES:])["readings"]
+    measurement = MEASUREMENTS[fields]
+    derived = fields == "worker"
     lines = []
     for r in readings:
-        tags = f"{MEASUREMENT},clock={r['clock']},device={r['device_id']},gateway={gateway_id}"
+        tags = f"{measurement},clock={r['clock']},device={r['device_id']},gateway={gateway_id}"
         if r["lot_ids"]:
             tags += ",lots=" + "\\,".join(r["lot_ids"])
         if r["shipment_id"] is not None:
             tags += f",shipment={r['shipment_id']}"
-        fields = ""
-        for name in ("temperature_c", "humidity_pct", "shock_g", "battery_v", "anomaly_score"):
-            if (value := r[name]) is not None:
-                fields += f"{name}={value!r},"
-        lines.append(f"{tags},site={r['site_id']} {fields}seq={r['seq']}i {r['t_device_ms']}")
+        values = ""
+        for name in ("temperature_c", "humidity_pct", "shock_g", "battery_v", "lat", "lon", "anomaly_score"):
+            if (value := r.get(name)) is not None:
+                values += f"{name}={value!r},"
+        values += f"seq={r['seq']}i"
+        t_ms = r["t_device_ms"]
+        if derived:
+            flags = r["flags"]
+            values += (
+                f",skew_ms={r['t_gateway_ms'] - t_ms}i,glitch={int('glitch' in flags)}i,"
+                f"backfill={int('backfill' in flags)}i"
+            )
+            if r["clock"] == "unset":
+                t_ms = r["t_gateway_ms"]
+        lines.append(f"{tags},site={r['site_id']} {values} {t_ms}")
     return lines
 
 
@@ -73,27 +98,46 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     )  # fmt: skip
     url = f"{args.vm}/api/v2/write"
     params = {"precision": "ms", "org": "coldtrace", "bucket": "coldtrace"}
-    written = chunks = 0
+    received = written = chunks = 0
     first = cpu_first = busy_first = 0.0
+    # POSTs in flight, oldest first: each is awaited, and its messages acknowledged, in this order.
+    pending: deque[tuple[asyncio.Task[None], list[Message], int]] = deque()
+
+    async def post(http: aiohttp.ClientSession, body: bytes) -> None:
+        async with http.post(url, params=params, data=body) as response:
+            if response.status != 204:
+                raise RuntimeError(f"VictoriaMetrics answered {response.status}: {await response.text()}")
+
+    async def settle_oldest() -> int:
+        task, taken, points = pending.popleft()
+        await task
+        for message in taken:
+            message.ack()
+        return points
+
     async with aiohttp.ClientSession() as http:
         await client.connect()
         await client.subscribe(f"$share/{args.share_group}/ct/v1/gw/+/batch", qos=1)
-        while written < args.expected:
+        while received < args.expected:
+            if pending and client.messages.empty():
+                # Nothing to build the next chunk from: the broker may be waiting for our acks.
+                written += await settle_oldest()
+                continue
             taken: list[Message] = [await client.messages.get()]
             if not first:
                 first, cpu_first, busy_first = time.monotonic(), time.process_time(), core_busy_s(args.core)
-            lines = frame_lines(taken[0].payload, taken[0].topic.split("/")[3])
+            lines = frame_lines(taken[0].payload, taken[0].topic.split("/")[3], fields=args.fields)
             while len(lines) < args.chunk_points and not client.messages.empty():
                 message = client.messages.get_nowait()
                 taken.append(message)
-                lines += frame_lines(message.payload, message.topic.split("/")[3])
-            async with http.post(url, params=params, data="\n".join(lines).encode()) as response:
-                if response.status != 204:
-                    raise SystemExit(f"VictoriaMetrics answered {response.status}: {await response.text()}")
-            for message in taken:
-                message.ack()
-            written += len(lines)
+                lines += frame_lines(message.payload, message.topic.split("/")[3], fields=args.fields)
+            received += len(lines)
+            pending.append((asyncio.create_task(post(http, "\n".join(lines).encode())), taken, len(lines)))
             chunks += 1
+            if len(pending) >= args.in_flight:
+                written += await settle_oldest()
+        while pending:
+            written += await settle_oldest()
         done, cpu_done, busy_done = time.monotonic(), time.process_time(), core_busy_s(args.core)
         await client.disconnect()
     return {
@@ -119,6 +163,15 @@ def main() -> None:
         parser.add_argument(name, required=True)
     parser.add_argument("--expected", type=int, required=True)
     parser.add_argument("--chunk-points", type=int, default=20_000)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="POSTs under way at once (the next chunk is built meanwhile).",
+    )
+    parser.add_argument(
+        "--fields", choices=sorted(MEASUREMENTS), default="worker", help="Which fields to write (see above)."
+    )
     parser.add_argument("--core", type=int, default=None, help="Pin this process to one CPU.")
     args = parser.parse_args()
     if args.core is not None:

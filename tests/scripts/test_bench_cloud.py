@@ -36,7 +36,13 @@ def test_quick_run_times_every_marker_on_both_paths(tmp_path: Path, monkeypatch:
         for line in section.splitlines()
         if len(cells := [c.strip() for c in line.strip("|").split("|")]) == 11 and cells[0] in {"1", "2"}
     ]
-    consumers = ["worker, committed", "worker, spooled to VictoriaMetrics", "bare writer"]
+    consumers = [
+        "worker, committed",
+        "worker, spooled to VictoriaMetrics",
+        "bare writer",
+        "bare writer, measured values only",
+    ]
     assert drains == [(n, c) for n in ("1", "2") for c in consumers]
-    assert re.search(r"is the baseline\): [\d.]+, [\d.]+ in rounds 1-2, median [\d.]+ ", section), section
+    for baseline in (r"the bare writer is the baseline\)", "bare writer of measured values only"):
+        assert re.search(baseline + r": [\d.]+, [\d.]+ in rounds 1-2, median [\d.]+ ", section), section
     assert_passes_bench_all_check("cloud", section, tmp_path, monkeypatch)
