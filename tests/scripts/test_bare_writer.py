@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import re
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 
 from cloud_ingest.telemetry.lineproto import reading_lines
 from coldtrace.contract import Batch
 from coldtrace.contract.batch import sign_batch
+from coldtrace.demo.lineproto import FieldValue, parse_line
 from scripts.bare_writer import frame_lines
 from tests.coldtrace.contract.strategies import batches
 
 KEY = Ed25519PrivateKey.generate()
-Point = tuple[dict[str, str], dict[str, str], str]
+Point = tuple[dict[str, str], dict[str, FieldValue], int | None]
 
 
 def _point(line: str, measurement: str) -> Point:
-    """Tags, fields and timestamp of one line (tag values may hold escaped commas; fields hold numbers)."""
-    series, values, timestamp = re.split(r"(?<!\\) ", line)
-    name, *tags = re.split(r"(?<!\\),", series)
-    assert name == measurement
-    return dict(t.split("=", 1) for t in tags), dict(v.split("=", 1) for v in values.split(",")), timestamp
+    """Tags, fields and timestamp of one line (parsed as strictly as InfluxDB does)."""
+    point = parse_line(line)
+    assert point.measurement == measurement
+    return dict(point.tags), dict(point.fields), point.time
 
 
 def _worker_points(batch: Batch) -> list[Point]:
@@ -54,4 +52,4 @@ def test_measured_values_only_leaves_out_the_derived_fields(batch: Batch) -> Non
         assert fields == {
             k: v for k, v in worker_fields.items() if k not in {"skew_ms", "glitch", "backfill"}
         }
-        assert timestamp == str(r.t_device_ms)
+        assert timestamp == r.t_device_ms
