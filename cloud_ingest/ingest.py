@@ -41,7 +41,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from cloud_ingest.db.listparam import DIALECTS, one_of
 from cloud_ingest.db.tables import (
@@ -461,7 +461,7 @@ class Ingestor:
                 else:
                     checked.good.append((i, v))
             self._resolve_profiles([r for _, v in checked.good for r in v.batch.readings])
-        except (OperationalError, DBAPIError) as exc:
+        except DBAPIError as exc:  # OperationalError (connection lost) is one
             raise self._unavailable(exc) from exc
         for i, v in checked.good:
             checked.prepared[i] = self._prepare(v, received_ms=checked.received_ms)
@@ -498,7 +498,7 @@ class Ingestor:
                     f.frame, why, identity=f.identity, topic_gateway=f.topic_gateway, transport=transport,
                     received_ms=checked.received_ms,
                 )  # fmt: skip
-        except (OperationalError, DBAPIError) as exc:
+        except DBAPIError as exc:  # OperationalError (connection lost) is one
             raise self._unavailable(exc) from exc
         self.metrics.store_up.set(1)
         done = [r for r in results if r is not None]
