@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument(
         "--in-flight",
         type=int,
-        default=1,
+        default=2,
         help="POSTs under way at once (the next chunk is built meanwhile).",
     )
     parser.add_argument(

@@ -10,7 +10,7 @@ through one ``Ingestor`` on a private, durable PostgreSQL in groups of ``--group
 transaction each, as a worker stores a backlog (``--group 1 --batch 125`` is closer to live traffic).
 Prints the CPU seconds of this process per reading for each phase and the wall time, which includes
 the waits for PostgreSQL that a worker overlaps with checking the next group, and PostgreSQL's own
-CPU per reading (its processes' CPU time over the run). Nothing is written to
+CPU and WAL per reading (its processes' CPU time over the run, ``pg_stat_wal``). Nothing is written to
 BENCHMARKS.md: the figures of record come from ``scripts/bench_cloud.py``.
 """
 
@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sqlalchemy import Engine  # noqa: E402
+
 from cloud_ingest import batch_decode  # noqa: E402
 from cloud_ingest.db.engine import open_database  # noqa: E402
 from cloud_ingest.ingest import Inbound, Ingestor, Outcome  # noqa: E402
@@ -34,6 +36,13 @@ from cloud_ingest.settings import CloudSettings  # noqa: E402
 from cloud_ingest.worker import tune_gc  # noqa: E402
 from scripts.bench_cloud import PG_BIN, Fleet, backlog_frames, register, tree_cpu  # noqa: E402
 from tests.harness.postgres import Postgres  # noqa: E402
+
+
+def wal_stats(engine: Engine) -> tuple[int, int, int]:
+    """The server's WAL records, full-page images and bytes so far (``pg_stat_wal``)."""
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").one()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def main() -> None:
@@ -70,6 +79,7 @@ def main() -> None:
         tune_gc(settings.gc_young_threshold)
         check_s = store_s = 0.0
         server_cpu = tree_cpu(postgres.process.pid)
+        wal = wal_stats(engine)
         wall = time.perf_counter()
         for start in range(0, len(order), args.group):
             before = time.process_time()
@@ -82,13 +92,16 @@ def main() -> None:
                 raise SystemExit(f"a frame was not accepted: {results}")
         wall = time.perf_counter() - wall
         server_cpu = tree_cpu(postgres.process.pid) - server_cpu
+        records, fpi, wal_bytes = (a - b for a, b in zip(wal_stats(engine), wal, strict=True))
         n = 20 * args.per_gateway
         transactions = -(-len(order) // args.group)
         print(
             f"{n} readings, {transactions} transactions of up to {args.group} frames of {args.batch}: "
             f"check {check_s / n * 1e6:.2f} us/reading, store {store_s / n * 1e6:.2f}, "
             f"CPU {(check_s + store_s) / n * 1e6:.2f} ({(check_s + store_s) / transactions * 1e3:.2f} ms a "
-            f"transaction), wall {wall / n * 1e6:.2f}; PostgreSQL's CPU {server_cpu / n * 1e6:.2f} us/reading"
+            f"transaction), wall {wall / n * 1e6:.2f}; "
+            f"PostgreSQL's CPU {server_cpu / n * 1e6:.2f} us/reading, WAL {wal_bytes / n:.0f} bytes/reading "
+            f"in {records / n:.2f} records, {fpi} full-page images"
         )
         engine.dispose()
     finally:
