@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from scripts.benchdoc import HEADER, ensure_header, section_commands, write_section
+from scripts.benchdoc import HEADER, ensure_header, machine, section_commands, write_section
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
@@ -30,3 +31,10 @@ def test_ensure_header_rewrites_the_preamble_and_keeps_the_sections(tmp_path: Pa
     assert text == HEADER.rstrip() + "\n\n" + section
     assert "python scripts/bench_all.py" in text
     assert section_commands(path=path) == {"a": None}
+
+
+def test_machine_reports_how_fast_python_ran() -> None:
+    speed = machine()["python speed"]
+    match = re.fullmatch(r"(\d+) ns per iteration of benchdoc's reference loop \(lower is faster\)", speed)
+    assert match is not None, speed
+    assert int(match.group(1)) > 0
